@@ -1,0 +1,110 @@
+r"""Shared pieces of every method: the ``Method`` protocol, client sampling, local steps.
+
+A method is a pair of pure functions in the style of optax:
+
+* ``state = method.init(x0, problem)`` – a dict of tensors (server model ``"x"`` ``[d]``, stacked
+  per-worker tensors ``[n, d]`` such as control variates, server-optimizer buffers, and an integer
+  ``"round"``);
+* ``state = method.step(state, oracle, comm, generator)`` – one communication round, written
+  against stacked tensors and the communication interface (:mod:`hetlab.comm`), never a Python
+  loop over workers. The input state is not modified.
+
+``method.model(state)`` is the point the run loop evaluates (server model, or the average of the
+worker models for decentralized methods); ``method.worker_models(state)`` the stacked worker
+models when there are any (for the consensus distance).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._validation import check_step_size
+
+
+class Method:
+    """Base class of every algorithm."""
+
+    name = "method"
+
+    def init(self, x0: torch.Tensor, problem) -> dict:
+        raise NotImplementedError
+
+    def step(self, state: dict, oracle, comm, generator: torch.Generator | None) -> dict:
+        raise NotImplementedError
+
+    def model(self, state: dict) -> torch.Tensor:
+        return state["x"]
+
+    def worker_models(self, state: dict) -> torch.Tensor | None:
+        return None
+
+    def hyperparameters(self) -> dict:
+        """Plain-typed hyper-parameters (recorded with every result)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+    def __repr__(self):
+        hp = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({hp})"
+
+
+def check_x0(x0, problem) -> torch.Tensor:
+    x0 = torch.as_tensor(x0, dtype=problem.dtype)
+    if x0.shape != (problem.d,):
+        raise ValueError(f"x0 must have shape [{problem.d}] (the problem's dimension), got {list(x0.shape)}")
+    return x0.clone()
+
+
+def check_local_lr(name: str, lr: float, problem, check_stability: bool, extra: float = 0.0) -> None:
+    """Reject a local step size past ``2 / (L + extra)`` on problems that know their ``L``."""
+    L = getattr(problem, "L", None)
+    check_step_size(name, lr, (L + extra) if (check_stability and L is not None) else None)
+
+
+def num_participants(n: int, participation) -> int:
+    """Number of clients per round: ``None`` or ``1.0`` means all; a float in (0, 1] a fraction; an int a count."""
+    if participation is None:
+        return n
+    if isinstance(participation, bool):
+        raise TypeError("participation must be None, a fraction in (0, 1] or a client count")
+    if isinstance(participation, int):
+        m = participation
+    else:
+        p = float(participation)
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"participation fraction must lie in (0, 1], got {participation}")
+        m = max(1, round(p * n))
+    if not 1 <= m <= n:
+        raise ValueError(f"participation must select between 1 and n={n} clients, got {m}")
+    return m
+
+
+def sample_clients(n: int, m: int, generator) -> torch.Tensor | None:
+    """``m`` distinct clients uniformly at random (sorted ids), or ``None`` for full participation."""
+    if m == n:
+        return None
+    return torch.randperm(n, generator=generator)[:m].sort().values
+
+
+def aggregation_weights(problem, idx, m: int) -> torch.Tensor | None:
+    r"""Unbiased aggregation weights for the sampled clients: :math:`\frac nm q_i`, :math:`i\in S`
+    (so :math:`\mathbb E\sum_{i\in S}w_iv_i=\sum_iq_iv_i`); the problem's weights under full participation."""
+    if idx is None:
+        return problem.weights
+    return problem.weights[idx] * (problem.n / m)
+
+
+def local_steps(Y: torch.Tensor, oracle, idx, K: int, lr: float, generator, *, drift=None,
+                prox_center=None, prox_mu: float = 0.0) -> torch.Tensor:
+    r"""``K`` (stochastic) gradient steps of every selected worker at once:
+    :math:`y\leftarrow y-\eta\,(g_i(y)+\text{drift}_i+\mu(y-\text{center}))`.
+
+    ``drift`` (``[rows, d]`` or ``[d]``) is a constant correction (SCAFFOLD's :math:`c-c_i`);
+    ``prox_center``/``prox_mu`` add FedProx's proximal gradient. The loop runs over steps, not workers.
+    """
+    for _ in range(K):
+        G = oracle.grad(Y, idx, generator)
+        if drift is not None:
+            G = G + drift
+        if prox_mu:
+            G = G + prox_mu * (Y - prox_center)
+        Y = Y - lr * G
+    return Y
