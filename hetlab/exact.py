@@ -1,7 +1,7 @@
 r"""Generic verification machinery (THEORY.md §0.1, M1–M6).
 
-* **M1** :func:`affine_map`, :func:`affine_fixed_point`, :func:`spectral_radius`,
-  :func:`method_affine_map` – the exact affine map :math:`z^+=Mz+c` of any deterministic step on a
+* **M1** :func:`affine_map`, :func:`affine_fixed_point`, :func:`affine_fixed_points`,
+  :func:`spectral_radius`, :func:`restricted_spectral_radius`, :func:`method_affine_map` – the exact affine map :math:`z^+=Mz+c` of any deterministic step on a
   quadratic, built by probing: :math:`c=\text{step}(0)`, :math:`Me_k=\text{step}(e_k)-c`.
 * **M2** :func:`stationary_moments` – mean and covariance of :math:`z^+=Mz+c+N\xi` via the discrete
   Lyapunov equation :math:`C=MCM^\top+N\Sigma N^\top`.
@@ -62,6 +62,38 @@ def spectral_radius(M: np.ndarray) -> float:
 def affine_fixed_point(M: np.ndarray, c: np.ndarray) -> np.ndarray:
     r"""Fixed point :math:`z^\star=(I-M)^{-1}c` (a linear solve, never an inverse)."""
     return np.linalg.solve(np.eye(M.shape[0]) - M, c)
+
+
+def affine_fixed_points(M: np.ndarray, c: np.ndarray, C: np.ndarray | None = None, tol: float = 1e-10):
+    r"""*Every* fixed point of :math:`z\mapsto Mz+c`, optionally inside the subspace :math:`\{Cz=0\}`.
+
+    Methods with a conserved quantity (SCAFFOLD keeps :math:`c-\sum_iq_ic_i`) have an eigenvalue 1,
+    so :math:`I-M` is singular and the fixed points form an affine set. Returns ``(z, N)``: a
+    particular fixed point and an orthonormal basis ``N`` of the directions along which fixed points
+    may move (empty when the fixed point is unique). Raises ``ValueError`` when there is none.
+    """
+    A = np.eye(M.shape[0]) - M
+    rhs = np.asarray(c, dtype=np.float64)
+    if C is not None:
+        A = np.vstack([A, C])
+        rhs = np.concatenate([rhs, np.zeros(C.shape[0])])
+    z, *_ = np.linalg.lstsq(A, rhs, rcond=None)
+    resid = float(np.linalg.norm(A @ z - rhs))
+    if resid > tol * (1.0 + float(np.linalg.norm(rhs))):
+        raise ValueError(f"the affine map has no fixed point (least-squares residual {resid:.3g})")
+    return z, scipy.linalg.null_space(A, rcond=tol)
+
+
+def restricted_spectral_radius(M: np.ndarray, C: np.ndarray, tol: float = 1e-10) -> float:
+    r"""Spectral radius of :math:`M` on the invariant subspace :math:`\{Cz=0\}` (e.g. SCAFFOLD's
+    invariant manifold, where the conserved eigenvalue 1 is excluded). Raises ``ValueError`` if the
+    subspace is not invariant under ``M``."""
+    B = scipy.linalg.null_space(C)
+    MS = B.T @ M @ B
+    dev = float(np.linalg.norm(M @ B - B @ MS))
+    if dev > tol * (1.0 + float(np.linalg.norm(M))):
+        raise ValueError(f"the subspace Cz = 0 is not invariant under M (deviation {dev:.3g})")
+    return spectral_radius(MS)
 
 
 def flatten_state(state: dict):

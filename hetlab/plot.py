@@ -1,11 +1,8 @@
 """Standard figures: a measured curve with its theoretical curve or bound drawn over it."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def new_axes(ax=None, figsize=(5.0, 3.6)):
