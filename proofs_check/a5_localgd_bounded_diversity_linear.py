@@ -6,7 +6,7 @@ import torch
 
 from hetlab import closed_forms as cf
 from hetlab.algorithms import FedAvg
-from hetlab.exact import affine_fixed_point, empirical_rate, method_affine_map
+from hetlab.exact import affine_fixed_point, empirical_rate, method_affine_map, slowest_mode_rate
 from hetlab.measures import gradient_diversity, weighted_gradient_diversity
 from hetlab.problems import pl_family, random_quadratics
 
@@ -36,7 +36,9 @@ def run(seed: int = 0) -> CheckResult:
         Mcf = np.mean([np.linalg.matrix_power(np.eye(D) - LR * A, K) for A in prob.A.numpy()], axis=0)
         traj, _ = iterate(FedAvg(LR, K), prob, 300)
         err = np.linalg.norm(traj - xs, axis=1)
-        rate = empirical_rate(err, 1e-12, 1e-2)
+        # the rate along the slowest mode (from x0 = 0 the window may be pre-asymptotic, see A1)
+        rate = slowest_mode_rate(FedAvg(LR, K), prob, M, xs, unflatten)
+        rate_from_zero = empirical_rate(err, 1e-12, 1e-2)
         # bounded diversity over 200 random points: Lambda <= max_i ||A_i||^2 / lambda_min(Abar)^2
         pts = rng.standard_normal((200, D))
         lam = np.array([weighted_gradient_diversity(prob.local_grads(torch.as_tensor(x)), prob.weights) for x in pts])
@@ -60,7 +62,7 @@ def run(seed: int = 0) -> CheckResult:
             Criterion("probed error map = mean_i (I - eta A_i)^K (max abs entry)", np.abs(M - Mcf).max(), 0.0, 1e-13, "<="),
             Criterion("probed fixed point = x_star (no bias)", np.linalg.norm(unflatten(affine_fixed_point(M, c))["x"].numpy() - xs),
                       0.0, 1e-12, "<="),
-            Criterion("fitted per-round rate = rho(M) (window 1e-12..1e-2)", rate, rho, 2e-2, "abs"),
+            Criterion("measured per-round rate along the slowest mode = rho(M)", rate, rho, 1e-6, "abs"),
             Criterion("max weighted diversity over 200 points <= L^2/mu^2", lam.max(), lam_bound, lam_bound, "<="),
             Criterion("PL family: first round with |x| < 1e-12 (must be <= 50)", first_hit, None, 50, "<="),
             Criterion("heterogeneous: local GD ends at A1's closed-form bias (relative)", abs(err_het - bias_het) / bias_het,
@@ -73,7 +75,7 @@ def run(seed: int = 0) -> CheckResult:
         ]
     return CheckResult(ID, NAME, CLAIM, SOURCE, seed, crit, t.elapsed,
                        data={"err": err, "rho": rho, "err_het": np.linalg.norm(tr_het - het.x_star.numpy(), axis=1),
-                             "bias_het": bias_het, "pl": np.abs(tr_pl[:, 0]), "delta_max": float(delta.max()),
+                             "bias_het": bias_het, "rate_from_zero": rate_from_zero, "pl": np.abs(tr_pl[:, 0]), "delta_max": float(delta.max()),
                              "lam_max": float(lam.max())})
 
 

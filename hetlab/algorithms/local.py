@@ -4,7 +4,7 @@ All share one round structure on stacked tensors:
 
 1. the server samples clients :math:`S` (all by default) and broadcasts :math:`x`;
 2. every sampled client runs its local solver from :math:`x`, all clients at once;
-3. the server aggregates the pseudo-gradient :math:`\Delta=x-\sum_{i\in S}w_iy_i` with unbiased
+3. the server aggregates the pseudo-gradient :math:`\Delta=\sum_{i\in S}w_i(x-y_i)` with unbiased
    weights :math:`w_i=\frac{n}{|S|}q_i` and applies its server optimizer (:mod:`.server`).
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FedAvg(_LocalMethod):
     r"""Local SGD / FedAvg (McMahan et al. 2017): ``local_steps`` steps of size ``lr`` on every
     sampled client, then the server optimizer on the averaged model change.
 
-    .. math:: y_i^{k+1}=y_i^k-\eta\,g_i(y_i^k),\qquad x\leftarrow x-\eta_g\Big(x-\sum_{i\in S}w_iy_i^K\Big).
+    .. math:: y_i^{k+1}=y_i^k-\eta\,g_i(y_i^k),\qquad x\leftarrow x-\eta_g\sum_{i\in S}w_i\big(x-y_i^K\big).
 
     On quadratics with exact gradients its fixed point is
     :math:`x_{\rm FA}=(\sum_iq_iQ_i)^{-1}\sum_iq_iQ_ib_i`, :math:`Q_i=I-(I-\eta A_i)^K`, which is not
@@ -73,8 +73,10 @@ class FedAvg(_LocalMethod):
     def step(self, state, oracle, comm, generator):
         problem = oracle.problem
         m, idx, w = self._select(problem, generator)
-        Y = local_steps(comm.broadcast(state["x"], m), oracle, idx, self.local_steps, self.lr, generator)
-        return self._server_apply(state, state["x"] - comm.mean(Y, w))
+        X = comm.broadcast(state["x"], m)
+        Y = local_steps(X, oracle, idx, self.local_steps, self.lr, generator)
+        # sum_S w_i (x - y_i), not x - sum_S w_i y_i: the sampled weights need not sum to one
+        return self._server_apply(state, comm.mean(X - Y, w))
 
 
 LocalSGD = FedAvg
@@ -122,7 +124,7 @@ class FedProx(_LocalMethod):
         else:
             Y = local_steps(X, oracle, idx, self.local_steps, self.lr, generator,
                             prox_center=X, prox_mu=self.mu)
-        return self._server_apply(state, state["x"] - comm.mean(Y, w))
+        return self._server_apply(state, comm.mean(X - Y, w))
 
 
 class Scaffold(_LocalMethod):
@@ -176,7 +178,7 @@ class Scaffold(_LocalMethod):
         else:
             ci_new = ci - c + (X - Y) / (self.local_steps * self.lr)
         q = problem.weights if idx is None else problem.weights[idx]
-        new = self._server_apply(state, x - comm.mean(Y, w))
+        new = self._server_apply(state, comm.mean(X - Y, w))
         new["c"] = c + comm.mean(ci_new - ci, q)  # q (not the mean over S): keeps c = sum_i q_i c_i
         if idx is None:
             new["c_i"] = ci_new

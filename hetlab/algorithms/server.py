@@ -1,6 +1,6 @@
 r"""Server optimizers: turn the round's pseudo-gradient into a server update.
 
-A local method produces the pseudo-gradient :math:`\Delta=x-\sum_{i\in S}w_iy_i` (the negative
+A local method produces the pseudo-gradient :math:`\Delta=\sum_{i\in S}w_i(x-y_i)` (the negative
 average model change). A server optimizer maps :math:`(x,\Delta)` to the new model, so FedAvg,
 FedAvgM and FedAdam (Reddi et al. 2021) are one local method composed with three server
 optimizers. Each has ``init(x) -> dict`` and ``update(x, delta, state) -> (x_new, state)``; state
