@@ -158,7 +158,7 @@ def figure(result: CheckResult, ax=None):
     ax.semilogy(r[sel], np.maximum(d["err"][0] * d["rho"] ** r[sel], 1e-17), "-", label=r"predicted $\rho(M)^r$")
     ax.semilogy(r[sel], d["err_fa"][sel], "s", ms=3, label="FedAvg measured")
     ax.axhline(d["bias_fa"], color="k", ls="--", lw=1, label="FedAvg predicted bias")
-    ax.semilogy(r[sel], d["err_bug"][sel], "^", ms=3, label="SCAFFOLD, c by mean over S (bug), 50% clients")
+    ax.semilogy(r[sel], d["err_bug"][: int(sel.sum())], "^", ms=3, label="SCAFFOLD, c by mean over S (bug), 50% clients")
     ax.set_xlabel("round r")
     ax.set_ylabel(r"$\|x^r-x^\star\|$")
     ax.set_title("A4: SCAFFOLD reaches x* exactly")

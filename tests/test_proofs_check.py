@@ -173,6 +173,15 @@ def test_cli_report_folder(tmp_path):
     assert json.loads((tmp_path / "rep" / "results.json").read_text())[0]["id"] == "A5"
 
 
+def test_report_for_every_check(results, tmp_path):
+    from proofs_check.report import write_report
+    write_report(list(results.values()), tmp_path)
+    for cid in IDS:
+        assert (tmp_path / f"{cid}.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "README.md").read_text()
+    assert f"{len(IDS)} of {len(IDS)} checks passed" in md
+
+
 def test_cli_exit_code_is_nonzero_on_failure(monkeypatch):
     mod = proofs_check.get("A1")
     monkeypatch.setattr(mod.cf, "fedavg_fixed_point", lambda prob, lr, K: np.zeros(prob.d))
