@@ -154,7 +154,7 @@ def run(method, problem, rounds: int, *, oracle=None, x0=None, seed: int = 0, ev
             nrm = float(x.norm())
             if not math.isfinite(nrm) or nrm > divergence_threshold * scale:
                 raise DivergenceError(
-                    f"{method!r} diverged at round {r} (||x|| = {nrm:.3g}); lower the step size "
+                    f"{method.name} ({method!r}) diverged at round {r} (||x|| = {nrm:.3g}); lower the step size "
                     f"(the problem's L is {getattr(problem, 'L', float('nan')):.4g})"
                 )
             if r % eval_every == 0 or r == rounds:

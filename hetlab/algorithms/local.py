@@ -140,7 +140,7 @@ class Scaffold(_LocalMethod):
     The server moves :math:`x` with its optimizer on :math:`\Delta=-\sum_{i\in S}w_i(y_i-x)` and sets
     :math:`c\leftarrow c+\sum_{i\in S}q_i(c_i^+-c_i)` – weights :math:`q_i` (``1/n``), *not* the mean over
     :math:`S`, which keeps the invariant under partial participation (THEORY A4 pitfall 1).
-    ``warm_start=True`` initialises :math:`c_i=\nabla f_i(x^0)` (the oracle's gradient), else zero.
+    ``warm_start=True`` initialises :math:`c_i=\nabla f_i(x^0)` (exact local gradients), else zero.
     """
 
     name = "scaffold"

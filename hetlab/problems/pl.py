@@ -111,7 +111,13 @@ class PLProblem(Problem):
 
 
 def pl_family(n: int, *, a_range=(0.5, 2.0), shift_scale: float = 0.0, d: int = 1, seed: int = 0) -> PLProblem:
-    """Seeded PL family: ``a_i ~ U[a_range]`` and shifts ``s_ik = shift_scale * N(0, 1)`` (THEORY A5b uses no shift)."""
+    """Seeded PL family: ``a_i ~ U[a_range]`` and shifts ``s_ik = shift_scale * N(0, 1)`` (THEORY A5b uses no shift).
+
+    Without shifts the global objective is PL. With shifts the sum of shifted copies of ``g`` need
+    not be PL: it can have a spurious stationary point, and then ``mu`` (computed, not assumed)
+    comes out as 0 (e.g. ``shift_scale=1, d=2, seed=3``). Check ``problem.mu > 0`` before using a
+    PL rate on a shifted instance.
+    """
     rng = np.random.default_rng(seed)
     a = rng.uniform(*a_range, size=n)
     s = shift_scale * rng.standard_normal((n, d))
