@@ -29,6 +29,16 @@ class DivergenceError(RuntimeError):
     """The iterate became non-finite or left every reasonable ball."""
 
 
+def _parse(text: str):
+    """CSV cell -> int, float or the string itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 class History:
     """Tidy evaluation records of one or more runs."""
 
@@ -80,13 +90,7 @@ class History:
         if path.suffix == ".json":
             return cls(json.loads(path.read_text()))
         with path.open() as fh:
-            rows = list(csv.DictReader(fh))
-        for r in rows:
-            for k, v in r.items():
-                try:
-                    r[k] = float(v) if any(ch in v for ch in ".eEni") or not v.lstrip("-").isdigit() else int(v)
-                except (ValueError, TypeError):
-                    pass
+            rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(fh)]
         return cls(rows)
 
 
