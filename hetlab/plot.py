@@ -44,7 +44,13 @@ def slope_guide(ax, x, y0, slope, label=None, **kw):
 
 
 def history_curves(history, metric: str, *, by: str = "method", ax=None, logy=True, xlabel="round"):
-    """One curve of ``metric`` against ``round`` per value of ``by`` in a :class:`~hetlab.run.History`."""
+    """One curve of ``metric`` against ``round`` per value of ``by`` in a :class:`~hetlab.run.History`
+    (or the path of a CSV/JSON file written by one)."""
+    from pathlib import Path
+
+    from .run import History
+    if isinstance(history, (str, Path)):
+        history = History.load(history)
     ax = new_axes(ax)
     for key in dict.fromkeys(r[by] for r in history.records):
         rows = [r for r in history.records if r[by] == key]
