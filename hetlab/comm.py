@@ -13,6 +13,7 @@ primitive          meaning                                     distributed count
 ``broadcast(x)``   the server model for every worker row       ``broadcast``
 ``mix(X, W)``      gossip :math:`X\leftarrow WX`                neighbour send/recv
 ``gather(X)``      every row, for robust aggregators            ``all_gather``
+``relay(T, Y, M)`` messages along directed tree edges           ``send``/``recv`` per edge
 =================  ==========================================  ===========================
 """
 from __future__ import annotations
@@ -57,3 +58,13 @@ class SimulatedComm:
         """All rows at once (robust aggregators need every worker's vector)."""
         self._count(X)
         return X
+
+    def relay(self, messaging, Y: torch.Tensor, M_prev: torch.Tensor):
+        r"""One RelaySum exchange along the directed edges of a tree (:class:`~hetlab.topology.TreeMessaging`):
+        worker :math:`i` sends :math:`m_{i\to j}=y_i+\sum_{k\in N(i)\setminus j}m^{\rm prev}_{k\to i}` to each
+        tree neighbour :math:`j`. Returns ``(M, received)``: the new messages ``[E, ...]`` and, per worker,
+        the sum of the messages it received ``[n, ...]``. Distributed: one ``send``/``recv`` per tree edge."""
+        M = messaging.relay(Y, M_prev)
+        self._count(M)
+        return M, messaging.receive(M)
+

@@ -113,6 +113,8 @@ def default_metrics(problem, method, state) -> dict:
     Xw = method.worker_models(state)
     if Xw is not None:
         out["consensus_distance_sq"] = measures.consensus_distance_sq(Xw, q)
+        # the covariance is a matrix; the tidy record keeps its largest eigenvalue (its trace is the line above)
+        out["consensus_cov_top_eig"] = float(torch.linalg.eigvalsh(measures.consensus_covariance(Xw, q))[-1])
     return out
 
 

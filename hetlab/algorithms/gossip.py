@@ -201,8 +201,7 @@ class RelaySGD(_Gossip):
         X = state["X"]
         n = X.shape[0]
         Y = X - self.lr * oracle.grad(X, None, generator)
-        M = self.msg.relay(Y, state["messages"])
-        c = self.msg.relay(torch.ones(n, dtype=X.dtype), state["counts"])
-        C = self.msg.receive(c)
-        X_new = ((n - C)[:, None] * Y + self.msg.receive(M)) / n
+        M, received = comm.relay(self.msg, Y, state["messages"])
+        c, C = comm.relay(self.msg, torch.ones(n, dtype=X.dtype), state["counts"])
+        X_new = ((n - C)[:, None] * Y + received) / n
         return {"X": X_new, "messages": M, "counts": c, "round": state["round"] + 1}
