@@ -60,3 +60,18 @@ def fedprox_fixed_point(problem, mu: float) -> np.ndarray:
     A, b, q = _Ab(problem)
     P = np.linalg.solve(A + mu * np.eye(A.shape[1])[None], A)
     return np.linalg.solve(np.einsum("i,ijk->jk", q, P), np.einsum("i,ijk,ik->j", q, P, b))
+
+
+def sup_weighted_diversity_common_minimizer(problem):
+    r"""Exact :math:`\sup_x\Lambda(x)` for quadratics with a common minimiser (THEORY A5).
+
+    With :math:`e=x-b`, :math:`\Lambda=\frac{e^\top Se}{e^\top\bar A^2e}`, :math:`S=\sum_iq_iA_i^2`: a generalised
+    Rayleigh quotient, whose supremum is :math:`\lambda_{\max}(\bar A^{-1}S\bar A^{-1})`, attained at
+    :math:`e=\bar A^{-1}u` for the top eigenvector :math:`u`. Returns ``(sup, e_argmax)``.
+    """
+    A, _, q = _Ab(problem)
+    Abar = np.einsum("i,ijk->jk", q, A)
+    S = np.einsum("i,ijk->jk", q, A @ A)
+    Ainv = np.linalg.inv(Abar)
+    lam, U = np.linalg.eigh(Ainv @ S @ Ainv)
+    return float(lam[-1]), Ainv @ U[:, -1]
