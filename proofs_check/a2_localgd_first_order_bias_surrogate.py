@@ -77,4 +77,6 @@ def figure(result: CheckResult, ax=None):
     ax.set_title("A2: first-order bias and the surrogate loss (K=10)")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    from matplotlib.ticker import NullFormatter
+    ax.xaxis.set_minor_formatter(NullFormatter())
     return ax

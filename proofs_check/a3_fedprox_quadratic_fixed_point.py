@@ -83,4 +83,6 @@ def figure(result: CheckResult, ax=None):
     ax.set_title("A3: FedProx's fixed point")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    from matplotlib.ticker import NullFormatter
+    ax.xaxis.set_minor_formatter(NullFormatter())
     return ax
