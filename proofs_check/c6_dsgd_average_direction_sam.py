@@ -75,6 +75,11 @@ def _norm(v) -> float:
     return float(np.linalg.norm(v))
 
 
+def _ratio(num: float, den: float) -> float:
+    """``num / den``, ``inf`` for a zero denominator (a broken prediction must fail, not crash)."""
+    return num / den if den > 0 else (float("inf") if num > 0 else float("nan"))
+
+
 def _one_dsgd_step(method, problem, X: np.ndarray, oracle=None, generator=None) -> np.ndarray:
     """One step of the library's D-SGD from the stacked models ``X``; returns the new models."""
     state = method.init(torch.as_tensor(X.mean(0)), problem)
@@ -107,7 +112,7 @@ def run(seed: int = 0) -> CheckResult:
             g0 = cs.poly_grad(Q, a, c, w_a, 3)
             corr = cs.sam_correction(a, c, w_a, Xi, 3)
             res["cub"].append(_norm(mg - g0 - corr) / _norm(mg))
-            res["cub_vs_corr"].append(_norm(mg - g0 - corr) / _norm(corr))
+            res["cub_vs_corr"].append(_ratio(_norm(mg - g0 - corr), _norm(corr)))
             res["cub_iso"].append(_norm(mg - g0 - cs.sam_correction_isotropic(a, c, w_a, xi_sq, 3)) / _norm(mg))
             res["cub_iso_d"].append(_norm(mg - g0 - cs.sam_correction_isotropic(a, c, w_a, xi_sq, 3, True)) / _norm(mg))
             # (c) quartic: residuals with and without the correction, and the exact remainder R_3
@@ -118,7 +123,7 @@ def run(seed: int = 0) -> CheckResult:
             res["q_corr"].append(_norm(mg - g0 - corr))
             res["q_unc"].append(_norm(mg - g0))
             res["q_R3"].append(_norm(R3))
-            res["q_R3_err"].append(_norm(mg - g0 - corr - R3) / _norm(mg))
+            res["q_R3_err"].append(_ratio(_norm(mg - g0 - corr - R3), _norm(mg)))
             res["q_pred_unc"].append(_norm(corr + R3))
         res = {k: np.array(v) for k, v in res.items()}
         s_corr = fit_slope(R_GRID, res["q_corr"]).slope
@@ -126,9 +131,10 @@ def run(seed: int = 0) -> CheckResult:
 
         # the library's closed forms agree with the problem's own (and zero for the quadratic)
         Xi1 = cs.consensus_covariance(w_a + 0.4 * Dl)
-        lib_gap = max(_norm(cub.sam_correction_grad(w_t, torch.as_tensor(Xi1)).numpy() - cs.sam_correction(a, c, w_a, Xi1, 3)),
-                      _norm(qrt.sam_correction_grad(w_t, torch.as_tensor(Xi1)).numpy() - cs.sam_correction(a, c, w_a, Xi1, 4)))
-        quad_corr = _norm(quad.sam_correction_grad(w_t, torch.as_tensor(Xi1)).numpy())
+        Xi1_t = torch.as_tensor(Xi1)
+        lib_gap = max(_norm(cub.sam_correction_grad(w_t, Xi1_t).numpy() - cs.sam_correction(a, c, w_a, Xi1, 3)),
+                      _norm(qrt.sam_correction_grad(w_t, Xi1_t).numpy() - cs.sam_correction(a, c, w_a, Xi1, 4)))
+        quad_corr = _norm(quad.sam_correction_grad(w_t, Xi1_t).numpy())
 
         # (b) Monte Carlo: E_{eps ~ N(0, Xi)} grad L(w_a + eps), antithetic pairs (odd terms cancel exactly)
         Sigma = Xi1
@@ -137,11 +143,11 @@ def run(seed: int = 0) -> CheckResult:
         Gp = cub.grad(torch.as_tensor(w_a + eps), idx).numpy()
         Gm = cub.grad(torch.as_tensor(w_a - eps), idx).numpy()
         corr_mc = cs.sam_correction(a, c, w_a, Sigma, 3)
-        u = corr_mc / _norm(corr_mc)
+        u = corr_mc / max(_norm(corr_mc), 1e-300)
         samples = (0.5 * (Gp + Gm) - cs.poly_grad(Q, a, c, w_a, 3)) @ u
         mc_mean, mc_lo, mc_hi = mc_interval(samples)
-        mc_z = abs(mc_mean - _norm(corr_mc)) / ((mc_hi - mc_lo) / 6.0)
-        mc_rel = abs(mc_mean - _norm(corr_mc)) / _norm(corr_mc)
+        mc_z = _ratio(abs(mc_mean - _norm(corr_mc)), (mc_hi - mc_lo) / 6.0)
+        mc_rel = _ratio(abs(mc_mean - _norm(corr_mc)), _norm(corr_mc))
         gauss_gap = _norm(cs.gaussian_mean_gradient(Q, a, c, w_a, Sigma, 3) - cs.poly_grad(Q, a, c, w_a, 3) - corr_mc)
 
         # ---------------------------------------------------------------- dynamic: library D-SGD on a ring
@@ -169,7 +175,7 @@ def run(seed: int = 0) -> CheckResult:
             dyn["corr"].append(_norm(disp + ETA * (g0 + corr)))
             dyn["unc"].append(_norm(disp + ETA * g0))
             dyn["R3"].append(ETA * _norm(R3))
-            dyn["R3_err"].append(_norm(disp + ETA * (g0 + corr + R3)) / _norm(disp))
+            dyn["R3_err"].append(_ratio(_norm(disp + ETA * (g0 + corr + R3)), _norm(disp)))
         dyn = {k: np.array(v) for k, v in dyn.items()}
         sd_corr = fit_slope(R_GRID, dyn["corr"]).slope
         sd_unc = fit_slope(R_GRID, dyn["unc"]).slope
@@ -179,7 +185,7 @@ def run(seed: int = 0) -> CheckResult:
         Xi = cs.consensus_covariance(X)
         pred_disp = -ETA * cs.mean_gradient_prediction(Q, a, c, X.mean(0), Xi, 3)
         corr_dir = cs.sam_correction(a, c, X.mean(0), Xi, 3)
-        u = corr_dir / _norm(corr_dir)
+        u = corr_dir / max(_norm(corr_dir), 1e-300)
         noisy3 = GaussianNoiseOracle(cub16, SIGMA)
         gen = torch.Generator().manual_seed(seed + 1)
         state0 = dsgd.init(torch.as_tensor(X.mean(0)), cub16)
@@ -190,9 +196,9 @@ def run(seed: int = 0) -> CheckResult:
         # the component along the correction, in units of eta: E = -(u.grad L(w_a) + |corr|)
         proj = -(draws @ u) / ETA - u @ cs.poly_grad(Q, a, c, X.mean(0), 3)
         ns_mean, ns_lo, ns_hi = mc_interval(proj)
-        ns_z = abs(ns_mean - _norm(corr_dir)) / ((ns_hi - ns_lo) / 6.0)
-        ns_rel = abs(ns_mean - _norm(corr_dir)) / _norm(corr_dir)
-        exp_disp_gap = _norm(-ETA * _mean_grad(cub16, X) - pred_disp) / _norm(pred_disp)
+        ns_z = _ratio(abs(ns_mean - _norm(corr_dir)), (ns_hi - ns_lo) / 6.0)
+        ns_rel = _ratio(abs(ns_mean - _norm(corr_dir)), _norm(corr_dir))
+        exp_disp_gap = _ratio(_norm(-ETA * _mean_grad(cub16, X) - pred_disp), _norm(pred_disp))
 
         # (a) dynamic: the mean of D-SGD on the shared quadratic is GD from the mean, exactly; not on the quartic
         quad16 = CubicQuarticProblem(Q, a, np.zeros(P), degree=3, n=N_RING)
@@ -306,7 +312,8 @@ def figure(result: CheckResult, ax=None):
     r = d["r"]
     ax.loglog(r, d["quartic_uncorrected"], "o", ms=6, color="C0",
               label=f"quartic, no correction (slope {d['slope_uncorrected']:.2f})")
-    ax.loglog(r, d["quartic_pred_uncorrected"], "-", color="C0", lw=1, label=r"predicted $\|\frac{1}{2}\nabla\mathrm{tr}(H\Xi)+R_3\|$")
+    ax.loglog(r, d["quartic_pred_uncorrected"], "-", color="C0", lw=1,
+              label=r"predicted $\|\frac{1}{2}\nabla\mathrm{tr}(H\Xi)+R_3\|$")
     ax.loglog(r, d["quartic_corrected"], "s", ms=6, color="C1",
               label=f"quartic, SAM-corrected (slope {d['slope_corrected']:.2f})")
     ax.loglog(r, d["quartic_R3"], "-", color="C1", lw=1, label=r"predicted $\|R_3\|$")

@@ -144,6 +144,13 @@ def test_a5_fails_if_rate_prediction_is_wrong(monkeypatch):
     assert not mod.run().passed
 
 
+def test_c6_fails_if_the_sam_correction_is_dropped(monkeypatch):
+    mod = proofs_check.get("C6")
+    real = mod.cs.sam_correction
+    monkeypatch.setattr(mod.cs, "sam_correction", lambda a, c, w, Xi, degree: 0 * real(a, c, w, Xi, degree))
+    assert not mod.run().passed
+
+
 # --- CLI contract ---------------------------------------------------------------------------
 
 

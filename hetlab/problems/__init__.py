@@ -4,10 +4,12 @@ from .finite_sum import (LeastSquaresProblem, LogisticRegressionProblem, random_
                          random_logistic)
 from .oracles import ExactOracle, GaussianNoiseOracle, MinibatchOracle, Oracle
 from .pl import PLProblem, pl_family
+from .polynomial import CubicQuarticProblem, random_cubic_quartic
 from .quadratic import QuadraticProblem, random_quadratics
 
 __all__ = [
     "Problem", "QuadraticProblem", "random_quadratics", "LeastSquaresProblem", "random_least_squares",
     "LogisticRegressionProblem", "random_logistic", "PLProblem", "pl_family",
     "Oracle", "ExactOracle", "GaussianNoiseOracle", "MinibatchOracle",
+    "CubicQuarticProblem", "random_cubic_quartic",
 ]

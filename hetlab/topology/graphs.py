@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import networkx as nx
 
 
 def _check_n(n: int, minimum: int, what: str) -> None:
-    if not isinstance(n, int) or n < minimum:
+    # numbers.Integral also accepts numpy integers (e.g. n taken from an array's shape)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < minimum:
         raise ValueError(f"{what} needs an integer number of nodes n >= {minimum}, got {n!r}")
 
 
 def _log2(n: int, what: str) -> int:
-    tau = int(round(math.log2(n))) if n >= 1 else -1
+    _check_n(n, 1, what)
+    tau = int(round(math.log2(n)))
     if n < 2 or 2 ** tau != n:
         raise ValueError(f"{what} needs n to be a power of two (n = 2^tau), got n={n}")
     return tau
@@ -54,7 +57,9 @@ def hypercube(n: int) -> nx.Graph:
     """``log2 n``-dimensional hypercube; node ids are the integers whose bits are the coordinates."""
     tau = _log2(n, "a hypercube")
     G = nx.hypercube_graph(tau)
-    return nx.relabel_nodes(G, {v: int("".join(map(str, v)) or "0", 2) for v in G.nodes})
+    # networkx labels the nodes by coordinate tuples, except for tau = 1 where they are the ints 0, 1
+    return nx.relabel_nodes(G, {v: int("".join(map(str, v)) or "0", 2) if isinstance(v, tuple) else int(v)
+                                for v in G.nodes})
 
 
 def exponential_digraph(n: int) -> nx.DiGraph:
