@@ -137,7 +137,8 @@ def method_affine_map(method, problem, comm=None, x0=None):
 
     def step(z):
         new = method.step(unflatten(z), oracle, comm, None)
-        return flatten_state(new)[0]
+        # flatten in the template's key order: a method may return its keys in another order
+        return flatten_state({k: new[k] for k in template})[0]
 
     M, c = affine_map(step, vec.size)
     return M, c, unflatten

@@ -172,8 +172,8 @@ def figure(result: CheckResult, ax=None):
         n, meas, pred = arr[:, 0], arr[:, 1], arr[:, 2]
         line, = ax.plot(n, pred, "-", lw=1)
         ax.plot(n, meas, _STYLE.get(fam, "o"), ms=5, color=line.get_color(), label=fam)
-    n_all = np.array(sorted({int(v) for arr in d["curves"].values() for v in arr[:, 0]}))
-    ax.plot(n_all, np.ones_like(n_all, dtype=float), "x", ms=9, color="k",
+    n_all = np.array(NS, dtype=float)
+    ax.plot(n_all, np.ones_like(n_all), "x", ms=9, color="k",
             label="one-peer exp. (per period of log2 n steps)")
     nk, gk = d["karate"]
     ax.plot([nk], [gk], "P", ms=9, color="m", label="karate club (Metropolis)")

@@ -232,3 +232,29 @@ def test_lyapunov_cross_check_with_kronecker():
     vecC = np.linalg.solve(np.eye(9) - np.kron(M, M), Q.reshape(-1))
     np.testing.assert_allclose(C, vecC.reshape(3, 3), rtol=1e-12, atol=1e-14)
     assert scipy.linalg.norm(C - C.T) == 0
+
+
+def test_method_affine_map_does_not_depend_on_the_key_order_of_step():
+    """A method may return its state keys in another order than init; the probed map must not mix blocks."""
+    import torch
+
+    from hetlab.algorithms import FedAvg, ServerMomentum
+    from hetlab.comm import SimulatedComm
+    from hetlab.exact import flatten_state, method_affine_map
+    from hetlab.problems import Oracle, random_quadratics
+
+    class Reordered(FedAvg):
+        def step(self, state, oracle, comm, generator):
+            new = super().step(state, oracle, comm, generator)
+            return dict(reversed(list(new.items())))
+
+    prob = random_quadratics(4, 3, seed=1)
+    meth = Reordered(0.1, 3, ServerMomentum(0.5, 0.5))
+    M, c, unflatten = method_affine_map(meth, prob)
+    template = meth.init(torch.zeros(3, dtype=torch.float64), prob)
+    z = np.random.default_rng(0).standard_normal(M.shape[0])
+    state = unflatten(z)
+    for _ in range(5):
+        state = meth.step(state, Oracle(prob), SimulatedComm(prob.n), None)
+        z = M @ z + c
+        assert np.abs(flatten_state({k: state[k] for k in template})[0] - z).max() < 1e-12

@@ -86,11 +86,10 @@ class DSGD(_Gossip):
         return {"X": X, "round": state["round"] + 1}
 
 
-class DSGDMomentum(_Gossip):
-    r"""D-SGD with local heavy-ball momentum (DSGDm): :math:`m_i\leftarrow\beta m_i+g_i(x_i)`,
-    :math:`X\leftarrow W(X-\eta M)`. Its fixed point is D-SGD's with step :math:`\eta/(1-\beta)` (THEORY C5)."""
+class _GossipMomentum(_Gossip):
+    """Shared part of the momentum variants: ``beta`` and a zero momentum buffer per worker."""
 
-    name = "dsgdm"
+    buffer = "M"
 
     def __init__(self, lr: float, topology, beta: float = 0.9, check_stability: bool = True):
         if not 0 <= beta < 1:
@@ -100,8 +99,17 @@ class DSGDMomentum(_Gossip):
 
     def init(self, x0, problem):
         s = self._init_X(x0, problem)
-        s["M"] = torch.zeros_like(s["X"])
+        s[self.buffer] = torch.zeros_like(s["X"])
         return s
+
+
+class DSGDMomentum(_GossipMomentum):
+    r"""D-SGD with local heavy-ball momentum (DSGDm): :math:`m_i\leftarrow\beta m_i+g_i(x_i)`,
+    :math:`X\leftarrow W(X-\eta M)`. Its fixed point is D-SGD's with step :math:`\eta/(1-\beta)` (THEORY C5)."""
+
+    name = "dsgdm"
+
+    buffer = "M"
 
     def step(self, state, oracle, comm, generator):
         M = self.beta * state["M"] + oracle.grad(state["X"], None, generator)
@@ -109,7 +117,7 @@ class DSGDMomentum(_Gossip):
         return {"X": X, "M": M, "round": state["round"] + 1}
 
 
-class QGDSGDm(_Gossip):
+class QGDSGDm(_GossipMomentum):
     r"""Quasi-global momentum (Lin et al. 2021), in the form of the authors' training code:
     :math:`\tilde m_i=\beta\hat m_i+g_i(x_i^t)`, :math:`X^{t+1}=W(X^t-\eta\tilde M)`,
     :math:`\hat m_i\leftarrow\beta\hat m_i+(1-\beta)\frac{x_i^t-x_i^{t+1}}{\eta}` (the buffer follows the
@@ -117,16 +125,7 @@ class QGDSGDm(_Gossip):
 
     name = "qg_dsgdm"
 
-    def __init__(self, lr: float, topology, beta: float = 0.9, check_stability: bool = True):
-        if not 0 <= beta < 1:
-            raise ValueError(f"beta must lie in [0, 1), got {beta}")
-        super().__init__(lr, topology, check_stability)
-        self.beta = float(beta)
-
-    def init(self, x0, problem):
-        s = self._init_X(x0, problem)
-        s["M_hat"] = torch.zeros_like(s["X"])
-        return s
+    buffer = "M_hat"
 
     def step(self, state, oracle, comm, generator):
         X = state["X"]
@@ -153,8 +152,8 @@ class GradientTracking(_Gossip):
     def init(self, x0, problem):
         s = self._init_X(x0, problem)
         G = problem.grad(s["X"])
-        s["G"] = G
         s["Y"] = G.clone() if self.Y0 == "gradient" else torch.zeros_like(G)
+        s["G"] = G
         return s
 
     def step(self, state, oracle, comm, generator):
