@@ -102,7 +102,9 @@ class PLProblem(Problem):
             ratio = lambda t: dh(t) ** 2 / (2 * (h(t) - hs))  # noqa: E731
             span = max(60.0, 10 * float(np.abs(s).max()))
             grid = xs[k] + np.concatenate([-np.geomspace(1e-3, span, 6000)[::-1], np.geomspace(1e-3, span, 6000)])
-            vals = np.array([ratio(t) for t in grid])
+            w = (self.weights * self.a).numpy()[:, None]
+            T = grid[None, :] - s[:, None]
+            vals = (w * _dg(T)).sum(0) ** 2 / (2 * ((w * _g(T)).sum(0) - hs))  # the ratio on the whole grid at once
             j = int(np.argmin(vals))
             lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
             res = minimize_scalar(ratio, bounds=(lo, hi), method="bounded", options={"xatol": 1e-13})
