@@ -88,6 +88,11 @@ def test_notebook_page_executes(page: Path):
     finally:
         if env_backend is not None:
             os.environ["MPLBACKEND"] = env_backend
+    # an exception raised while a figure renders does not fail the cell: nbclient stores an "error"
+    # output and the page silently loses the figure, so look for such outputs explicitly
+    errs = [(i, o.get("ename"), o.get("evalue")) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errs, f"{page.relative_to(ROOT)}: outputs with errors (e.g. a figure that failed to render): {errs}"
 
 
 def _load_yaml(path: Path):

@@ -1,10 +1,18 @@
 """Algorithms written once against stacked workers and the communication interface."""
 from .base import Method, local_steps, sample_clients
+from .gradalign import FedGA, GradAlign, LocalReshuffledSGD
 from .gossip import DSGD, DSGDMomentum, GradientTracking, QGDSGDm, RelaySGD
 from .local import FedAvg, FedProx, LocalSGD, Scaffold
+from .robust import (EFSignSGD, MedianSGD, NoisyMedianSGD, NoisySignSGD, Perturbation, RobustAggregationSGD,
+                     SignSGDMajorityVote)
 from .server import ServerAdam, ServerMomentum, ServerSGD
 from .sgd import GD, MinibatchSGD
+from .shuffling import RandomReshuffling, WithReplacementSGD, expected_epoch
 
 __all__ = ["Method", "local_steps", "sample_clients", "FedAvg", "LocalSGD", "FedProx", "Scaffold",
            "ServerSGD", "ServerMomentum", "ServerAdam", "GD", "MinibatchSGD",
-           "DSGD", "DSGDMomentum", "QGDSGDm", "GradientTracking", "RelaySGD"]
+           "DSGD", "DSGDMomentum", "QGDSGDm", "GradientTracking", "RelaySGD",
+           "RandomReshuffling", "WithReplacementSGD", "expected_epoch",
+           "FedGA", "GradAlign", "LocalReshuffledSGD",
+           "RobustAggregationSGD", "MedianSGD", "NoisyMedianSGD", "SignSGDMajorityVote", "NoisySignSGD",
+           "EFSignSGD", "Perturbation"]
