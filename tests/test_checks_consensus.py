@@ -37,7 +37,7 @@ def _failed(res):
 
 def test_c2_passes_seed_0(res2):
     assert res2.passed, _failed(res2)
-    assert res2.seed == 0 and res2.runtime_s < 10.0
+    assert res2.seed == 0
 
 
 @pytest.mark.parametrize("seed", [1, 3])
@@ -135,7 +135,7 @@ def test_c2_probe_noise_matrix_sees_the_ordering():
 
 def test_c7_passes_seed_0(res7):
     assert res7.passed, _failed(res7)
-    assert res7.seed == 0 and res7.runtime_s < 10.0
+    assert res7.seed == 0
 
 
 @pytest.mark.parametrize("seed", [2, 3, 5])

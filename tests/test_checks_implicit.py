@@ -24,7 +24,6 @@ def test_checks_pass_and_controls_fail(cid, seed):
     assert res.seed == seed
     assert len(res.negative_controls) >= 2
     assert all(not c.holds for c in res.negative_controls)
-    assert res.runtime_s < 10
 
 
 def test_b1_numbers_are_those_of_theory():

@@ -73,7 +73,6 @@ def test_d1_passes_and_its_controls_fail(res_d1):
     assert all(not c.holds for c in res_d1.negative_controls)
     names = " ".join(c.name for c in res_d1.negative_controls)
     assert "medianGD reaches x_star" in names and "slope <= -0.12" in names and "even n" in names
-    assert res_d1.runtime_s < 20
 
 
 def test_d1_numbers_match_theory(res_d1):
@@ -90,7 +89,6 @@ def test_d2_passes_and_its_controls_fail(res_d2):
     s = res_d2.data["slopes"]
     assert abs(s["gap"] + 1.985) < 5e-3 and abs(s["sign"] + 2.97) < 1e-2 and abs(s["offset"] + 1.98) < 1e-2
     assert -0.25 < s["noisy"] < -0.12 and s["noiseless"] > -0.02
-    assert res_d2.data["rate_runtime_s"] < 20 and res_d2.runtime_s < 30
 
 
 @pytest.mark.parametrize("cid", ["D1", "D2"])
