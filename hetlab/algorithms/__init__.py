@@ -1,8 +1,11 @@
 """Algorithms written once against stacked workers and the communication interface."""
 from .base import Method, local_steps, sample_clients
 from .gradalign import FedGA, GradAlign, LocalReshuffledSGD
+from .compressed import DIANA, DQSGD, EF21, EFSGD
 from .gossip import DSGD, DSGDMomentum, GradientTracking, QGDSGDm, RelaySGD
 from .local import FedAvg, FedProx, LocalSGD, Scaffold
+from .second_order import LocalNewton
+from .server_side import FedAWARE
 from .robust import (EFSignSGD, MedianSGD, NoisyMedianSGD, NoisySignSGD, Perturbation, RobustAggregationSGD,
                      SignSGDMajorityVote)
 from .server import ServerAdam, ServerMomentum, ServerSGD
@@ -15,4 +18,5 @@ __all__ = ["Method", "local_steps", "sample_clients", "FedAvg", "LocalSGD", "Fed
            "RandomReshuffling", "WithReplacementSGD", "expected_epoch",
            "FedGA", "GradAlign", "LocalReshuffledSGD",
            "RobustAggregationSGD", "MedianSGD", "NoisyMedianSGD", "SignSGDMajorityVote", "NoisySignSGD",
-           "EFSignSGD", "Perturbation"]
+           "EFSignSGD", "Perturbation", "DQSGD", "EFSGD", "EF21", "DIANA",
+           "LocalNewton", "FedAWARE"]
