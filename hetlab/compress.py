@@ -121,22 +121,29 @@ def _randk_mask(X: torch.Tensor, k: int, generator) -> torch.Tensor:
     return torch.zeros_like(X).scatter_(1, idx, 1.0)
 
 
-class RandK(UnbiasedCompressor):
-    r"""Unbiased rand-k: :math:`\frac dk\,v\odot\mathbb 1_S`, :math:`|S|=k` uniform; :math:`\omega=d/k-1`."""
-
-    name = "rand_k"
+class _KSparse:
+    """Shared part of the k-coordinate compressors: ``k`` in ``[1, d]``; k values plus their indices sent."""
 
     def __init__(self, k: int, d: int):
         super().__init__(d)
         _check_int("k", k, 1, self.d)
         self.k = int(k)
+
+    def _bits_per_row(self, d):
+        return self.k * (FLOAT_BITS + _index_bits(d))
+
+
+class RandK(_KSparse, UnbiasedCompressor):
+    r"""Unbiased rand-k: :math:`\frac dk\,v\odot\mathbb 1_S`, :math:`|S|=k` uniform; :math:`\omega=d/k-1`."""
+
+    name = "rand_k"
+
+    def __init__(self, k: int, d: int):
+        super().__init__(k, d)
         self.omega = self.d / self.k - 1.0
 
     def _compress(self, X, generator):
         return X * _randk_mask(X, self.k, generator) * (self.d / self.k)
-
-    def _bits_per_row(self, d):
-        return self.k * (FLOAT_BITS + _index_bits(d))
 
 
 class QSGD(UnbiasedCompressor):
@@ -165,41 +172,31 @@ class QSGD(UnbiasedCompressor):
         return FLOAT_BITS + d * (1 + max(1, math.ceil(math.log2(self.s + 1))))
 
 
-class TopK(ContractiveCompressor):
+class TopK(_KSparse, ContractiveCompressor):
     r"""Top-k (largest magnitudes, ties broken by ``torch.topk``), deterministic; :math:`\delta=k/d`."""
 
     name = "top_k"
 
     def __init__(self, k: int, d: int):
-        super().__init__(d)
-        _check_int("k", k, 1, self.d)
-        self.k = int(k)
+        super().__init__(k, d)
         self.delta = self.k / self.d
 
     def _compress(self, X, generator):
         idx = X.abs().topk(self.k, dim=1, sorted=False).indices
         return torch.zeros_like(X).scatter_(1, idx, X.gather(1, idx))
 
-    def _bits_per_row(self, d):
-        return self.k * (FLOAT_BITS + _index_bits(d))
 
-
-class RandKUnscaled(ContractiveCompressor):
+class RandKUnscaled(_KSparse, ContractiveCompressor):
     r"""Unscaled rand-k :math:`v\odot\mathbb 1_S` (biased): :math:`\mathbb E\|C(v)-v\|^2=(1-k/d)\|v\|^2`, :math:`\delta=k/d`."""
 
     name = "rand_k_unscaled"
 
     def __init__(self, k: int, d: int):
-        super().__init__(d)
-        _check_int("k", k, 1, self.d)
-        self.k = int(k)
+        super().__init__(k, d)
         self.delta = self.k / self.d
 
     def _compress(self, X, generator):
         return X * _randk_mask(X, self.k, generator)
-
-    def _bits_per_row(self, d):
-        return self.k * (FLOAT_BITS + _index_bits(d))
 
 
 class ScaledSign(ContractiveCompressor):
