@@ -1,7 +1,9 @@
 """Algorithms written once against stacked workers and the communication interface."""
+from .async_sgd import AsyncSGD
 from .base import Method, local_steps, sample_clients
 from .gradalign import FedGA, GradAlign, LocalReshuffledSGD
 from .compressed import DIANA, DQSGD, EF21, EFSGD
+from .compressed_gossip import LEAD, ChocoSGD
 from .gossip import DSGD, DSGDMomentum, GradientTracking, QGDSGDm, RelaySGD
 from .local import FedAvg, FedProx, LocalSGD, Scaffold
 from .second_order import LocalNewton
@@ -19,4 +21,4 @@ __all__ = ["Method", "local_steps", "sample_clients", "FedAvg", "LocalSGD", "Fed
            "FedGA", "GradAlign", "LocalReshuffledSGD",
            "RobustAggregationSGD", "MedianSGD", "NoisyMedianSGD", "SignSGDMajorityVote", "NoisySignSGD",
            "EFSignSGD", "Perturbation", "DQSGD", "EFSGD", "EF21", "DIANA",
-           "LocalNewton", "FedAWARE"]
+           "LocalNewton", "FedAWARE", "ChocoSGD", "LEAD", "AsyncSGD"]
