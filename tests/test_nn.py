@@ -1,0 +1,174 @@
+"""Neural-network problems on stacked workers (hetlab.problems.NNProblem, hetlab.models)."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from hetlab.algorithms import FedAvg, Scaffold
+from hetlab.comm import SimulatedComm
+from hetlab.models import logistic, mlp, resnet_small, small_cnn
+from hetlab.problems import MinibatchOracle, NNProblem
+from hetlab.problems.nn import mlp_qualifies
+
+DT = torch.float64
+
+
+def data(n=4, m=9, d=6, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(n, m, d, generator=g, dtype=DT)
+    y = torch.randint(0, classes, (n, m), generator=g)
+    counts = torch.tensor([9, 4, 6, 9][:n])
+    return Z, y, counts
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_mlp_path_equals_vmap_path(act, lam):
+    Z, y, counts = data()
+    torch.manual_seed(0)
+    model = mlp([6, 5, 4, 3], act)
+    a = NNProblem(model, Z, y, counts, dtype=DT, path="mlp", lam=lam)
+    b = NNProblem(model, Z, y, counts, dtype=DT, path="vmap", lam=lam)
+    X = torch.randn(4, a.d, dtype=DT)
+    assert torch.allclose(a.grad(X), b.grad(X), atol=1e-12, rtol=0)
+    assert torch.allclose(a.loss(X), b.loss(X), atol=1e-12, rtol=0)
+    idx = torch.tensor([0, 2])
+    s = torch.tensor([[0, 3, 8], [5, 1, 2]])
+    assert torch.allclose(a.minibatch_grad(X[idx], s, idx), b.minibatch_grad(X[idx], s, idx), atol=1e-12, rtol=0)
+
+
+def test_mlp_path_handles_layers_without_bias_and_mse():
+    Z, _, counts = data()
+    Y = torch.randn(4, 9, 2, dtype=DT)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 2))
+    a = NNProblem(model, Z, Y, counts, dtype=DT, loss="mse", path="mlp")
+    b = NNProblem(model, Z, Y, counts, dtype=DT, loss="mse", path="vmap")
+    X = torch.randn(4, a.d, dtype=DT)
+    assert torch.allclose(a.grad(X), b.grad(X), atol=1e-12, rtol=0)
+
+
+def test_gradients_equal_autograd_per_worker_for_a_cnn():
+    g = torch.Generator().manual_seed(1)
+    Z = torch.randn(2, 5, 1, 8, 8, generator=g, dtype=DT)
+    y = torch.randint(0, 10, (2, 5), generator=g)
+    prob = NNProblem(small_cnn(1, 10, 8, width=4), Z, y, torch.tensor([5, 3]), dtype=DT)
+    assert prob.path == "vmap"
+    X = torch.stack([prob.initial_point(0), prob.initial_point(1)])
+    G = prob.grad(X)
+    for i, m in enumerate((5, 3)):
+        model = copy.deepcopy(prob.load_into_model(X[i]))
+        loss = nn.functional.cross_entropy(model(Z[i, :m]), y[i, :m])
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        assert torch.allclose(G[i], torch.cat([t.reshape(-1) for t in grads]), atol=1e-12, rtol=0)
+
+
+def test_fedavg_on_a_network_equals_a_per_client_loop():
+    Z, y, counts = data(n=4, m=9)
+    torch.manual_seed(3)
+    prob = NNProblem(mlp([6, 7, 3]), Z, y, counts, dtype=DT)
+    x0 = prob.initial_point()
+    lr, K, b = 0.1, 3, 2
+    meth, oracle = FedAvg(lr, K, check_stability=False), MinibatchOracle(prob, b)
+    gen = torch.Generator().manual_seed(5)
+    s = meth.step(meth.init(x0, prob), oracle, SimulatedComm(4), gen)
+    gen = torch.Generator().manual_seed(5)
+    samples = [oracle.sample(None, gen) for _ in range(K)]
+    base = copy.deepcopy(prob.load_into_model(x0))
+    avg = torch.zeros_like(x0)
+    for i in range(4):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        for k in range(K):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(Z[i, samples[k][i]]), y[i, samples[k][i]]).backward()
+            opt.step()
+        avg += prob.weights[i] * torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert torch.allclose(s["x"], avg, atol=1e-12, rtol=0)
+    # padding is never sampled: every index lies below its worker's count
+    assert all(bool((smp < counts[:, None]).all()) for smp in samples)
+
+
+def test_scaffold_runs_unchanged_on_a_network():
+    Z, y, counts = data()
+    prob = NNProblem(mlp([6, 4, 3]), Z, y, counts, dtype=DT)
+    meth = Scaffold(0.05, 2, check_stability=False)
+    s = meth.init(prob.initial_point(0), prob)
+    for _ in range(3):
+        s = meth.step(s, MinibatchOracle(prob, 2), SimulatedComm(4), torch.Generator().manual_seed(0))
+    assert torch.isfinite(s["x"]).all() and s["c_i"].shape == (4, prob.d)
+
+
+def test_minibatch_variance_equals_enumeration_over_batches():
+    Z, y, counts = data(n=2, m=5)
+    counts = torch.tensor([5, 4])
+    prob = NNProblem(mlp([6, 3, 3]), Z, y, counts, dtype=DT)
+    x = prob.initial_point(2)
+    b = 2
+    var = prob.minibatch_variance(x, b)
+    X = prob.stack(x)
+    full = prob.grad(X)
+    for i in range(2):
+        devs = []
+        for sub in itertools.combinations(range(int(counts[i])), b):
+            s = torch.tensor([list(sub)])
+            g = prob.minibatch_grad(X[i:i + 1], s, torch.tensor([i]))[0]
+            devs.append(float(((g - full[i]) ** 2).sum()))
+        assert var[i].item() == pytest.approx(sum(devs) / len(devs), rel=1e-10)
+
+
+def test_initial_point_is_seeded_and_leaves_model_and_rng_alone():
+    Z, y, counts = data()
+    prob = NNProblem(mlp([6, 4, 3]), Z, y, counts, dtype=DT)
+    before = prob.initial_point()
+    state = torch.random.get_rng_state()
+    a, b, c = prob.initial_point(7), prob.initial_point(7), prob.initial_point(8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(prob.initial_point(), before)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_bad_inputs_raise_clear_errors():
+    Z, y, counts = data()
+    with pytest.raises(ValueError, match="BatchNorm"):
+        NNProblem(nn.Sequential(nn.Linear(6, 3), nn.BatchNorm1d(3)), Z, y, counts)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        NNProblem(mlp([6, 3]), Z, y[:, :3], counts)
+    with pytest.raises(ValueError, match="counts"):
+        NNProblem(mlp([6, 3]), Z, y, torch.tensor([9, 0, 1, 2]))
+    with pytest.raises(ValueError, match="path='mlp'"):
+        NNProblem(small_cnn(1, 3, 8), torch.zeros(2, 3, 1, 8, 8), torch.zeros(2, 3, dtype=torch.long), path="mlp")
+    with pytest.raises(ValueError, match="integer class labels"):
+        NNProblem(mlp([6, 3]), Z, y.to(DT) + 0.5, counts)
+    prob = NNProblem(mlp([6, 3]), Z, y, counts, dtype=DT)
+    with pytest.raises(ValueError, match="parameter count"):
+        prob.load_into_model(torch.zeros(3))
+
+
+def test_memory_estimate_and_check():
+    Z, y, counts = data()
+    prob = NNProblem(mlp([6, 4, 3]), Z, y, counts, dtype=DT)
+    est = prob.memory_estimate(batch_size=2)
+    assert est["parameters"] == 3 * 4 * prob.d * 8
+    assert est["total"] == est["data"] + est["parameters"] + est["activations"] > 0
+    with pytest.raises(MemoryError, match="GiB"):
+        prob.check_memory(2, available=1000)
+
+
+def test_model_zoo():
+    assert mlp_qualifies(mlp([4, 3, 2])) and mlp_qualifies(logistic(4, 2))
+    assert not mlp_qualifies(small_cnn(1, 2, 8)) and not mlp_qualifies(resnet_small(1, 2, 4, groups=2))
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(2, 3, 1, 8, 8, generator=g)
+    y = torch.randint(0, 2, (2, 3), generator=g)
+    prob = NNProblem(resnet_small(1, 2, width=4, groups=2), Z, y)
+    X = prob.initial_point(0).expand(2, -1).clone()
+    G = prob.grad(X)
+    assert G.shape == (2, prob.d) and torch.isfinite(G).all()
+    acc = prob.accuracy(X[0], Z[0], y[0])
+    assert 0.0 <= acc <= 1.0
+    with pytest.raises(ValueError, match="activation"):
+        mlp([3, 2], "gelu")
