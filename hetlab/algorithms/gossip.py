@@ -20,14 +20,15 @@ from .base import Method, check_local_lr, check_x0
 
 def _check_uniform(problem, name):
     w = problem.weights
-    if (w - 1.0 / problem.n).abs().max() > 1e-12:
+    if (w - 1.0 / getattr(problem, "n_global", problem.n)).abs().max() > 1e-12:
         raise ValueError(f"{name}: decentralized methods minimise the uniform average of the f_i; "
                          "build the problem with uniform client weights")
 
 
 def _check_topology(topology, problem, name):
-    if topology.n != problem.n:
-        raise ValueError(f"{name}: the topology has {topology.n} nodes but the problem has {problem.n} workers")
+    n = getattr(problem, "n_global", problem.n)  # a distributed shard holds a block of the workers
+    if topology.n != n:
+        raise ValueError(f"{name}: the topology has {topology.n} nodes but the problem has {n} workers")
 
 
 class _Gossip(Method):

@@ -163,7 +163,8 @@ class Scaffold(_LocalMethod):
         else:
             ci = torch.zeros(problem.n, problem.d, dtype=problem.dtype)
         state["c_i"] = ci
-        state["c"] = problem.weights @ ci
+        # c = sum_i q_i c_i over *all* clients (global_grad is a collective on a distributed shard)
+        state["c"] = problem.global_grad(state["x"]).clone() if self.warm_start else torch.zeros_like(state["x"])
         return state
 
     def step(self, state, oracle, comm, generator):
