@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -120,7 +121,8 @@ def default_metrics(problem, method, state) -> dict:
 
 def run(method, problem, rounds: int, *, oracle=None, x0=None, seed: int = 0, eval_every: int = 1,
         metrics: Callable | None = None, comm=None, progress: bool = True, out=None,
-        divergence_threshold: float = 1e10, history: History | None = None, extra: dict | None = None):
+        divergence_threshold: float = 1e10, history: History | None = None, extra: dict | None = None,
+        checkpoint=None, checkpoint_every: int = 10, resume: bool = True):
     r"""Run ``method`` for ``rounds`` rounds on ``problem``; return ``(history, final_state)``.
 
     Parameters
@@ -132,6 +134,11 @@ def run(method, problem, rounds: int, *, oracle=None, x0=None, seed: int = 0, ev
     out : a ``.csv`` or ``.json`` path; records are written at the end, on divergence and on
         interruption, so finished work is never lost.
     divergence_threshold : stop with :class:`DivergenceError` when ``||x|| / (1 + ||x0||)`` exceeds it.
+    checkpoint : a file path. The method state, the generator state and the records are saved there
+        every ``checkpoint_every`` rounds, at the end, and when the run is interrupted or diverges
+        (written to a temporary file, then renamed: a kill never leaves a torn checkpoint). With
+        ``resume=True`` an existing checkpoint of the same method, hyper-parameters and seed is loaded
+        and the run continues after its round; on CPU the result is bit-identical to an uninterrupted run.
     """
     if rounds < 0 or eval_every < 1:
         raise ValueError("rounds must be >= 0 and eval_every >= 1")
@@ -139,35 +146,77 @@ def run(method, problem, rounds: int, *, oracle=None, x0=None, seed: int = 0, ev
     comm = comm or SimulatedComm(problem.n)
     metrics = metrics or default_metrics
     x0 = torch.zeros(problem.d, dtype=problem.dtype) if x0 is None else torch.as_tensor(x0, dtype=problem.dtype)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     gen = torch.Generator().manual_seed(int(seed))
     state = method.init(x0, problem)
     hist = history if history is not None else History()
     base = {"method": method.name, "seed": int(seed), **(extra or {})}
     scale = 1.0 + float(x0.norm())
     t0 = time.perf_counter()
+    ident = {"method": method.name, "hyperparameters": _plain(method.hyperparameters()), "seed": int(seed)}
+    start, done, good_gen = 1, 0, gen.get_state()
 
     def record(r):
         rec = {"round": r, **base, **metrics(problem, method, state), "time_s": time.perf_counter() - t0}
         hist.append(rec)
         return rec
 
+    def save_checkpoint(r):
+        # ``state`` and ``good_gen`` always belong to the last finished round (a diverged step is dropped)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {**ident, "round": r, "state": state, "generator": good_gen,
+                                          "records": hist.records})
+
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        ck = torch.load(checkpoint, weights_only=False)
+        for k in ident:
+            if ck.get(k) != ident[k]:
+                raise ValueError(f"checkpoint {checkpoint} was written by another run ({k}: {ck.get(k)!r} != "
+                                 f"{ident[k]!r}); delete it or pass resume=False")
+        state, done, good_gen = ck["state"], int(ck["round"]), ck["generator"]
+        gen.set_state(good_gen)
+        hist.records.extend(ck["records"])
+        start = done + 1
+
     try:
-        record(0)
-        bar = tqdm(range(1, rounds + 1), desc=method.name, disable=not progress, leave=False)
+        if start == 1:
+            record(0)
+        bar = tqdm(range(start, rounds + 1), desc=method.name, disable=not progress, leave=False,
+                   initial=start - 1, total=rounds)
         for r in bar:
-            state = method.step(state, oracle, comm, gen)
-            x = method.model(state)
+            new = method.step(state, oracle, comm, gen)
+            x = method.model(new)
             nrm = float(x.norm())
             if not math.isfinite(nrm) or nrm > divergence_threshold * scale:
                 raise DivergenceError(
                     f"{method.name} ({method!r}) diverged at round {r} (||x|| = {nrm:.3g}); lower the step size "
                     f"(the problem's L is {getattr(problem, 'L', float('nan')):.4g})"
                 )
+            state, done, good_gen = new, r, gen.get_state()
             if r % eval_every == 0 or r == rounds:
                 rec = record(r)
                 if progress and "suboptimality" in rec:
                     bar.set_postfix(subopt=f"{rec['suboptimality']:.3e}")
+                elif progress and "loss" in rec:
+                    bar.set_postfix(loss=f"{rec['loss']:.3e}")
+            if r % checkpoint_every == 0 or r == rounds:
+                save_checkpoint(r)
     finally:
+        save_checkpoint(done)  # the last finished round, also on interruption or divergence
         if out is not None:
             hist.save(out)
     return hist, state
+
+
+def _plain(obj):
+    """Hyper-parameters as plain JSON-like values (for comparing a checkpoint with the current run)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _save_checkpoint(path, payload) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
