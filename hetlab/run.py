@@ -145,9 +145,13 @@ def run(method, problem, rounds: int, *, oracle=None, x0=None, seed: int = 0, ev
     oracle = oracle if oracle is not None else Oracle(problem)
     comm = comm or SimulatedComm(problem.n)
     metrics = metrics or default_metrics
-    x0 = torch.zeros(problem.d, dtype=problem.dtype) if x0 is None else torch.as_tensor(x0, dtype=problem.dtype)
+    dev = getattr(problem, "device", None)
+    x0 = torch.zeros(problem.d, dtype=problem.dtype, device=dev) if x0 is None else \
+        torch.as_tensor(x0, dtype=problem.dtype, device=dev)
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if hasattr(problem, "check_memory") and getattr(problem, "device", torch.device("cpu")).type == "cuda":
+        problem.check_memory(getattr(oracle, "batch_size", 1))  # MemoryError with the numbers, before any work
     gen = torch.Generator().manual_seed(int(seed))
     state = method.init(x0, problem)
     hist = history if history is not None else History()
