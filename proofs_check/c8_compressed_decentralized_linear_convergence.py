@@ -111,7 +111,7 @@ def figure(result: CheckResult, ax=None):
     ax.axhline(TARGET, color="k", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("bits sent, all nodes together")
-    ax.set_ylabel(r"RMS error $\sqrt{\frac1n\sum_i\|x_i-x^\star\|^2}$")
+    ax.set_ylabel(r"RMS error $\sqrt{\frac{1}{n}\sum_i\|x_i-x^\star\|^2}$")
     ax.set_title("C8: compressed gossip, linear convergence vs plateau")
     ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")

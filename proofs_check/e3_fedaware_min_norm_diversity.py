@@ -72,7 +72,7 @@ def run(seed: int = 0) -> CheckResult:
         uni = np.full(M, 1 / M)
         kkt_uni = kkt_residuals(V, uni)
         crit = [
-            Criterion("(a) weighted diversity at lambda* = 1/||d*||^2 (reference 4.5500)", div, 1 / nd2, 1e-10, "rel"),
+            Criterion("(a) weighted diversity at lambda* = 1/||d*||^2", div, 1 / nd2, 1e-10, "rel"),
             Criterion("(a) lambda* maximises the diversity: best of 500 random lambda minus it",
                       rand_div - div, 0.0, 1e-12, "<="),
             Criterion("(b) KKT: -min_i(<d*, m_i> - ||d*||^2)", -kkt_min, 0.0, 1e-8, "<="),

@@ -63,3 +63,26 @@ def test_e3_mutation(monkeypatch):
     # uniform weights instead of the min-norm solution
     monkeypatch.setattr(e3, "min_norm_simplex", lambda V: np.full(len(V), 1 / len(V)))
     assert not e3.run(0).passed
+
+
+def test_fedaware_composes_with_server_optimizers_and_ignores_roundoff_directions():
+    import torch as _t
+
+    from hetlab.algorithms import FedAWARE, ServerMomentum, ServerSGD
+    from hetlab.comm import SimulatedComm
+    from hetlab.problems import Oracle, random_quadratics
+    prob = random_quadratics(5, 3, seed=1)
+    o, c = Oracle(prob), SimulatedComm(5)
+    x0 = _t.zeros(3, dtype=_t.float64)
+    a, b = FedAWARE(0.05, 3, server_lr=0.7), FedAWARE(0.05, 3, server_opt=ServerMomentum(0.7, 0.0))
+    sa, sb = a.init(x0, prob), b.init(x0, prob)
+    for _ in range(5):
+        sa, sb = a.step(sa, o, c, None), b.step(sb, o, c, None)
+    assert _t.allclose(sa["x"], sb["x"], atol=1e-14)
+    assert "server_m" in sb and repr(ServerSGD(0.7)) == a.hyperparameters()["server_opt"]
+    # with a huge zero tolerance every direction counts as zero: the server never moves, projection or not
+    for proj in (False, True):
+        m = FedAWARE(0.05, 3, projection=proj, zero_tol=1e9)
+        s = m.init(x0, prob)
+        s = m.step(s, o, c, None)
+        assert _t.equal(s["x"], x0)

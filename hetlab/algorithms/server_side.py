@@ -158,13 +158,19 @@ class FedAWARE(Method):
     ``local_steps`` local GD/SGD steps of size ``lr`` (FedAvg's client). Any local method's client update can
     be passed, so the rule composes with their pseudo-gradients :math:`\Delta_i=x-y_i`. Clients never sampled
     keep a zero momentum and get weight 0. ``projection=True`` rescales :math:`d` onto the FedAvg-weighted
-    average of the momenta.
+    average of the momenta; a direction shorter than ``zero_tol`` (the momenta are normalised to unit
+    length, so this is relative) is treated as exactly zero, not rescaled: rounding noise at a point
+    where no common descent direction exists must not be amplified into a step.
+    ``server_opt`` (a :mod:`hetlab.algorithms.server` optimizer) receives :math:`d` as the round's
+    pseudo-gradient, so FedAWARE composes with server momentum or Adam; by default
+    ``ServerSGD(server_lr)``, i.e. :math:`x\leftarrow x-\eta_gd`.
     """
 
     name = "fedaware"
 
     def __init__(self, lr: float = 0.1, local_steps: int = 1, server_lr: float = 1.0, alpha: float = 0.5,
-                 projection: bool = False, participation=None, solver: str = "exact", local=None):
+                 projection: bool = False, participation=None, solver: str = "exact", local=None,
+                 server_opt=None, zero_tol: float = 1e-10):
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"alpha must lie in (0, 1], got {alpha}")
         if solver not in ("exact", "frank_wolfe"):
@@ -174,11 +180,19 @@ class FedAWARE(Method):
         self.lr, self.local_steps, self.server_lr, self.alpha = float(lr), int(local_steps), float(server_lr), float(alpha)
         self.projection, self.participation, self.solver = bool(projection), participation, solver
         self.local = local
+        from .server import ServerSGD
+        self.server_opt = server_opt if server_opt is not None else ServerSGD(self.server_lr)
+        self.zero_tol = float(zero_tol)
+
+    def hyperparameters(self):
+        hp = super().hyperparameters()
+        hp["server_opt"] = repr(self.server_opt)
+        return hp
 
     def init(self, x0, problem):
         x = check_x0(x0, problem)
         return {"x": x, "round": 0, "momenta": torch.zeros(problem.n, problem.d, dtype=problem.dtype),
-                "weights_lambda": torch.zeros(problem.n, dtype=problem.dtype)}
+                "weights_lambda": torch.zeros(problem.n, dtype=problem.dtype), **self.server_opt.init(x)}
 
     def _local(self, X, oracle, idx, generator):
         if self.local is not None:
@@ -195,13 +209,16 @@ class FedAWARE(Method):
         rows = torch.arange(problem.n) if idx is None else idx
         Mom[rows] = (1 - self.alpha) * Mom[rows] + self.alpha * D
         d, lam = fedaware_direction(Mom, self.solver)
-        if self.projection:
+        if float(d.norm()) <= self.zero_tol:
+            d = torch.zeros_like(d)
+        elif self.projection:
             w = aggregation_weights(problem, None, problem.n)
             d_avg = w @ Mom
-            dd = d @ d
-            d = (d_avg @ d) / dd * d if dd > 0 else d
+            d = (d_avg @ d) / (d @ d) * d
         new = dict(state)
-        new["x"] = state["x"] - self.server_lr * d
+        sstate = {k: v for k, v in state.items() if k.startswith("server_")}
+        new["x"], sstate = self.server_opt.update(state["x"], d, sstate)
+        new.update(sstate)
         new["momenta"] = Mom
         new["weights_lambda"] = lam
         new["round"] = state["round"] + 1
