@@ -16,8 +16,9 @@ from ._base import CheckResult, Criterion, Timer
 
 ID = "E2"
 NAME = "critical_batch_size_saturation"
-CLAIM = ("On interpolating least squares with heterogeneous row norms, the exact mean-square speedup "
-         "S(B) = log r(B) / log r(1) (best step per B) satisfies S(B) <= B, doubles (x1.75 or more) while "
+CLAIM = ("On THEORY's interpolating least-squares instance with heterogeneous row norms, the exact mean-square "
+         "speedup S(B) = log r(B) / log r(1) (best step per B) satisfies S(B) <= B (not a general law: sampling "
+         "without replacement can be superlinear on tiny N), doubles (x1.75 or more) while "
          "B <= B_crit / 8 and grows by at most x1.5 per doubling once B >= B_crit = L_max / L; S(N) is GD's rate. "
          "The exact second-moment operator of SGD with a fixed delay matches Monte Carlo.")
 SOURCE = ("Stich, Mohtashami & Jaggi 2021 [SRC-abstract]; expected smoothness, Gower et al. 2019; operator "

@@ -96,11 +96,14 @@ def test_delayed_operator_tau_zero_is_sgd_with_batch_one():
 
 
 def test_delayed_rate_dense_and_arpack_agree():
-    A = rows(12, 3, seed=6)
-    parts = cfb._delayed_parts(A, 5)   # m = 18, K is 324 x 324: ARPACK path
-    K = parts[0] - 0.05 * parts[1] + 0.05 ** 2 * parts[2]
-    dense = float(np.abs(np.linalg.eigvals(K)).max())
-    assert cfb.delayed_ms_rate(A, 5, 0.05) == pytest.approx(dense, rel=1e-9)
+    # K is 576 x 576 (tau = 7, d = 3): the ARPACK path; several instances and steps, dense as reference
+    for seed, eta in [(6, 0.05), (0, 0.13254), (3, 0.3)]:
+        A = rows(24, 3, seed=seed)
+        A = A / np.linalg.norm(A, axis=1, keepdims=True) * np.exp(0.5 * np.random.default_rng(seed).uniform(-1, 1, (24, 1)))
+        parts = cfb._delayed_parts(A, 7)
+        K = parts[0] - eta * parts[1] + eta ** 2 * parts[2]
+        dense = float(np.abs(np.linalg.eigvals(K)).max())
+        assert cfb.delayed_ms_rate(A, 7, eta) == pytest.approx(dense, rel=1e-9)
 
 
 def test_delays_slow_down_homogeneous_rows():
