@@ -3,17 +3,24 @@
 #
 #   bash book/build.sh            full book (with solutions)  -> book/_build/html/
 #   bash book/build.sh --student  student edition (no solutions) -> book/_build_student/html/
+#   bash book/build.sh --student --reuse-cache
+#                                 the same, reusing the executions of the last full build
+#                                 (run right after a full build: nothing is executed twice)
 #
+# Notebook executions are cached in book/_build/.jupyter_cache. Every build empties that cache
+# first (so every cell runs against the current library), except --student --reuse-cache.
 # Every notebook is executed; any Sphinx warning (-W -n) or failing cell is an
 # error and the script exits non-zero. Works from any working directory.
 set -euo pipefail
 
-usage() { echo "usage: bash book/build.sh [--student]" >&2; }
+usage() { echo "usage: bash book/build.sh [--student [--reuse-cache]]" >&2; }
 
 mode=full
+reuse=no
 for arg in "$@"; do
   case "$arg" in
     --student) mode=student ;;
+    --reuse-cache) reuse=yes ;;
     -h|--help) usage; exit 0 ;;
     *) echo "build.sh: unknown argument: $arg" >&2; usage; exit 2 ;;
   esac
@@ -31,6 +38,13 @@ fi
 # Notebook kernels must use matplotlib's inline backend; MPLBACKEND=Agg would
 # silently drop every figure from the pages.
 unset MPLBACKEND
+
+if [[ "$reuse" == yes && "$mode" != student ]]; then
+  echo "build.sh: --reuse-cache only applies to --student" >&2; usage; exit 2
+fi
+if [[ "$reuse" == no ]]; then
+  rm -rf book/_build/.jupyter_cache   # never show outputs computed by an older library
+fi
 
 start=$SECONDS
 if [[ "$mode" == full ]]; then

@@ -52,7 +52,7 @@ class SimulatedComm:
         if W.shape != (X.shape[0], X.shape[0]):
             raise ValueError(f"mixing matrix must be [{X.shape[0]}, {X.shape[0]}], got {list(W.shape)}")
         self._count(X)
-        return W.to(X.dtype) @ X
+        return W.to(device=X.device, dtype=X.dtype) @ X
 
     def gather(self, X: torch.Tensor) -> torch.Tensor:
         """All rows at once (robust aggregators need every worker's vector)."""

@@ -144,7 +144,11 @@ def summarize(hist: History, metric: str, by, x: str = "round", level: float = 0
             continue
         groups.setdefault(tuple(r.get(k) for k in by) + (r[x],), []).append(float(r[metric]))
     out = []
-    for key, vals in sorted(groups.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
+    def order(kv):  # numbers in numeric order (rounds 5 < 10), everything else by its text
+        return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+                     for v in kv[0])
+
+    for key, vals in sorted(groups.items(), key=order):
         v = np.asarray(vals)
         m = float(v.mean())
         if len(v) > 1:

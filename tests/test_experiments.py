@@ -70,3 +70,9 @@ def test_summarize_mean_and_t_band():
     half = stats.t.ppf(0.975, 2) * v.std(ddof=1) / math.sqrt(3)
     assert last["count"] == 3 and last["mean"] == pytest.approx(v.mean())
     assert last["hi"] - last["mean"] == pytest.approx(half)
+
+
+def test_summarize_orders_rounds_numerically():
+    from hetlab.run import History
+    h = History([{"algorithm": "a", "round": r, "loss": float(r)} for r in (0, 5, 10, 50, 15)])
+    assert [r["round"] for r in summarize(h, "loss", by="algorithm")] == [0, 5, 10, 15, 50]

@@ -161,7 +161,7 @@ class Scaffold(_LocalMethod):
         if self.warm_start:
             ci = problem.local_grads(state["x"]).clone()
         else:
-            ci = torch.zeros(problem.n, problem.d, dtype=problem.dtype)
+            ci = torch.zeros(problem.n, problem.d, dtype=problem.dtype, device=state["x"].device)
         state["c_i"] = ci
         # c = sum_i q_i c_i over *all* clients (global_grad is a collective on a distributed shard)
         state["c"] = problem.global_grad(state["x"]).clone() if self.warm_start else torch.zeros_like(state["x"])

@@ -48,7 +48,7 @@ class GaussianNoiseOracle(Oracle):
 
     def grad(self, X, idx=None, generator=None):
         G = self.problem.grad(X, idx)
-        noise = torch.randn(G.shape, dtype=G.dtype, device=G.device, generator=generator)
+        noise = torch.randn(G.shape, dtype=G.dtype, generator=generator).to(G.device)  # CPU generator
         return G + (self.sigma / self.problem.d ** 0.5) * noise
 
     def sigma_sq(self, x):
@@ -81,13 +81,15 @@ class MinibatchOracle(Oracle):
 
     def sample(self, idx=None, generator=None) -> torch.Tensor:
         """Sample indices ``[n_sel, batch_size]`` (one independent draw per selected client)."""
-        counts = self.problem._rows(self.problem.counts, idx)
+        # the generator lives on the CPU: draw there, with the masks brought to the CPU (a CUDA problem
+        # receives CPU indices and moves them itself)
+        counts = self.problem._rows(self.problem.counts, idx).cpu()
         m_max = self.problem.Z.shape[1]
         if self.replace:
             u = torch.rand(len(counts), self.batch_size, generator=generator, dtype=torch.float64)
             return (u * counts[:, None]).long().clamp(max=m_max - 1)
         keys = torch.rand(len(counts), m_max, generator=generator, dtype=torch.float64)
-        keys = keys.masked_fill(~self.problem._rows(self.problem.mask, idx), 2.0)  # padding never chosen
+        keys = keys.masked_fill(~self.problem._rows(self.problem.mask, idx).cpu(), 2.0)  # padding never chosen
         return keys.topk(self.batch_size, dim=1, largest=False).indices
 
     def grad(self, X, idx=None, generator=None):
