@@ -79,10 +79,6 @@ def loop_round(prob, x, samples):
     return out
 
 
-def hetlab_round(prob, method, state, oracle, comm, gen):
-    return method.step(state, oracle, comm, gen)
-
-
 def time_it(fn, repeats):
     fn()  # warm-up
     t = time.perf_counter()
@@ -117,7 +113,7 @@ def compare(n, repeats, threads):
         oracle, comm = MinibatchOracle(prob, BATCH), SimulatedComm(n)
         gen = torch.Generator().manual_seed(1)
         state = meth.init(x0, prob)
-        res[path] = time_it(lambda: hetlab_round(prob, meth, state, oracle, comm, gen), repeats)
+        res[path] = time_it(lambda: meth.step(state, oracle, comm, gen), repeats)
     prob, x0 = build(n, torch.float32, "mlp")
     gen = torch.Generator().manual_seed(1)
     samples = [MinibatchOracle(prob, BATCH).sample(None, gen) for _ in range(K)]

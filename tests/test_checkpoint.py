@@ -43,8 +43,6 @@ def test_interrupted_run_resumes_bit_identically(tmp_path):
     ref_hist, ref = run(meth, prob, 12, oracle=MinibatchOracle(prob, 4), x0=x0, seed=5, metrics=loss_only,
                         progress=False)
 
-    calls = {"n": 0}
-
     def stop_at_round_7(problem, method, state):
         if state["round"] == 7:
             raise Stop

@@ -38,6 +38,7 @@ from torch import nn
 
 from .._validation import as_tensor
 from .base import Problem
+from .finite_sum import FiniteSumMixin
 
 __all__ = ["NNProblem", "flat_parameters", "mlp_qualifies"]
 
@@ -352,17 +353,8 @@ class NNProblem(Problem):
         G = one(X, Z[:, :, None], y[:, :, None], torch.ones_like(w)[:, :, None])
         return G * mask[..., None]
 
-    def minibatch_variance(self, x, batch_size: int, replace: bool = False) -> torch.Tensor:
-        r"""Exact variance of a size-``b`` minibatch gradient of every worker at ``x`` (``[n]``), as for the
-        finite-sum problems: :math:`\frac{s_i^2}{b}\frac{m_i-b}{m_i-1}` without replacement."""
-        G = self.per_sample_grads(self.stack(x))
-        m = self.counts.to(self.dtype)
-        gbar = G.sum(1) / m[:, None]
-        dev = (G - gbar[:, None, :]) * self.mask[..., None]
-        s2 = (dev * dev).sum((1, 2)) / m
-        if replace:
-            return s2 / batch_size
-        return s2 / batch_size * torch.where(m > 1, (m - batch_size) / (m - 1).clamp(min=1), torch.zeros_like(m))
+    # exact variance of a size-b minibatch gradient from the per-sample gradients: the finite-sum formula
+    minibatch_variance = FiniteSumMixin.minibatch_variance
 
     @property
     def x_star(self):
