@@ -172,3 +172,67 @@ def test_model_zoo():
     assert 0.0 <= acc <= 1.0
     with pytest.raises(ValueError, match="activation"):
         mlp([3, 2], "gelu")
+
+
+@pytest.mark.parametrize("path", ["mlp", "vmap"])
+@pytest.mark.parametrize("lam", [0.0, 0.2])
+def test_fused_minibatch_step_equals_the_gradient_step(path, lam):
+    """minibatch_step_ (each layer's block added straight into X) = X - lr * minibatch_grad."""
+    Z, y, counts = data()
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    prob = NNProblem(model, Z, y, counts, dtype=DT, path=path, lam=lam)
+    X = torch.randn(4, prob.d, dtype=DT, generator=torch.Generator().manual_seed(2))
+    s = torch.tensor([[0, 3], [1, 2], [5, 4], [8, 7]])
+    expect = X - 0.3 * prob.minibatch_grad(X, s)
+    Y = X.clone()
+    out = prob.minibatch_step_(Y, s, 0.3)
+    assert out is Y and torch.allclose(Y, expect, atol=1e-14, rtol=0)
+    idx = torch.tensor([3, 1])
+    Y2 = X[idx].clone()
+    prob.minibatch_step_(Y2, s[:2], 0.3, idx)
+    assert torch.allclose(Y2, X[idx] - 0.3 * prob.minibatch_grad(X[idx], s[:2], idx), atol=1e-14, rtol=0)
+
+
+def test_returned_gradients_do_not_alias_the_workspace():
+    """The MLP path reuses scratch tensors between calls; what it returns must stay put."""
+    Z, y, counts = data()
+    prob = NNProblem(mlp([6, 5, 3]), Z, y, counts, dtype=DT, path="mlp")
+    X1, X2 = (torch.randn(4, prob.d, dtype=DT, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    s = torch.tensor([[0, 3], [1, 2], [5, 4], [8, 7]])
+    G1 = prob.minibatch_grad(X1, s)
+    keep = G1.clone()
+    L1 = prob.loss(X1)
+    keep_loss = L1.clone()
+    prob.minibatch_grad(X2, s)
+    prob.grad(X2)
+    prob.loss(X2)
+    assert torch.equal(G1, keep) and torch.equal(L1, keep_loss)
+    assert not torch.equal(G1, prob.minibatch_grad(X2, s))
+
+
+@pytest.mark.parametrize("method", ["fedavg", "scaffold"])
+def test_prefetched_fused_local_steps_equal_step_by_step_oracle_calls(method):
+    """local_steps draws all K minibatches at once and steps in place; the result equals K plain
+    oracle.grad calls with the same generator (float64, to rounding)."""
+    from hetlab.algorithms.base import local_steps
+    from hetlab.problems import Oracle
+    Z, y, counts = data()
+    prob = NNProblem(mlp([6, 5, 3]), Z, y, counts, dtype=DT)
+    oracle = MinibatchOracle(prob, 3)
+    X = prob.initial_point(0).expand(4, -1)
+    drift = torch.randn(4, prob.d, dtype=DT) if method == "scaffold" else None
+    got = local_steps(X, oracle, None, 4, 0.2, torch.Generator().manual_seed(7), drift=drift)
+
+    class PlainOracle(Oracle):  # no draw_steps: one sample per call
+        stochastic = True
+
+        def grad(self, X, idx=None, generator=None):
+            return oracle.grad(X, idx, generator)
+    want = local_steps(X, PlainOracle(prob), None, 4, 0.2, torch.Generator().manual_seed(7), drift=drift)
+    assert torch.allclose(got, want, atol=1e-14, rtol=0)
+    Y = X.clone()
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(4):
+        Y = Y - 0.2 * (oracle.grad(Y, None, gen) + (0 if drift is None else drift))
+    assert torch.allclose(got, Y, atol=1e-14, rtol=0)

@@ -173,3 +173,44 @@ def test_minibatch_oracle_seeded(replace):
     assert not torch.equal(draws[0], draws[2])
     S1 = [o.sample(None, torch.Generator().manual_seed(9)) for _ in range(2)]
     assert torch.equal(S1[0], S1[1])
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_sample_many_equals_repeated_sample(replace):
+    """All K steps' minibatches drawn at once are the K draws one at a time (same generator)."""
+    P = _logistic()
+    o = MinibatchOracle(P, 3, replace=replace)
+    for idx in (None, torch.tensor([2, 0])):
+        A = o.sample_many(6, idx, torch.Generator().manual_seed(4))
+        g = torch.Generator().manual_seed(4)
+        B = torch.stack([o.sample(idx, g) for _ in range(6)])
+        assert A.shape == (6, P.n if idx is None else 2, 3) and torch.equal(A, B)
+
+
+def _uniform_subsets(rows, m, alpha=1e-3):
+    """Distinct indices below m in every row, and a chi-square test over the C(m, b) subsets not rejected."""
+    from itertools import combinations
+    from scipy import stats
+    rows = torch.sort(rows, dim=1).values
+    if not bool((rows[:, 1:] > rows[:, :-1]).all()) or int(rows.max()) >= m or int(rows.min()) < 0:
+        return False
+    code = {c: k for k, c in enumerate(combinations(range(m), rows.shape[1]))}
+    counts = np.bincount([code[tuple(r)] for r in rows.tolist()], minlength=len(code))
+    return stats.chisquare(counts).pvalue > alpha
+
+
+def test_floyd_sampler_gives_every_subset_equally_often():
+    """Sampling without replacement is uniform over the C(m, b) subsets, for clients of different
+    sizes (m = 5, 4, 6 with b = 3); a classic slip of Floyd's algorithm fails the same test."""
+    P = random_least_squares(3, 6, 2, counts=[5, 4, 6], seed=0)
+    S = MinibatchOracle(P, 3).sample_many(60_000, None, torch.Generator().manual_seed(0))  # [N, 3, 3]
+    for i, m in enumerate((5, 4, 6)):
+        assert _uniform_subsets(S[:, i], m)
+    # control: t drawn uniform on {0..m-1} instead of {0..j}
+    m, b = 6, 3
+    u = torch.rand(60_000, b, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    T = (u * m).long()
+    for s_ in range(1, b):
+        dup = (T[:, :s_] == T[:, s_:s_ + 1]).any(1)
+        T[:, s_] = torch.where(dup, torch.full_like(T[:, s_], m - b + s_), T[:, s_])
+    assert not _uniform_subsets(T, m)

@@ -100,11 +100,21 @@ def local_steps(Y: torch.Tensor, oracle, idx, K: int, lr: float, generator, *, d
     ``drift`` (``[rows, d]`` or ``[d]``) is a constant correction (SCAFFOLD's :math:`c-c_i`);
     ``prox_center``/``prox_mu`` add FedProx's proximal gradient. The loop runs over steps, not workers.
     """
-    for _ in range(K):
-        G = oracle.grad(Y, idx, generator)
+    # one copy per call, updated in place: a fresh [rows, d] tensor per step costs an allocation (and, with
+    # glibc's malloc on large models, page faults) every step. Oracles must not keep references to Y.
+    Y = Y.clone()
+    # an oracle that can draw all K steps' randomness at once (MinibatchOracle) does so: same numbers,
+    # one vectorised draw instead of K, and a fused in-place step where the problem has one
+    draw = getattr(oracle, "draw_steps", None)
+    steps = draw(K, idx, generator) if draw is not None else None
+    for k in range(K):
+        P = Y - prox_center if prox_mu else None  # the proximal term at the point before the step
+        if steps is not None:
+            steps.step_(Y, k, lr)
+        else:
+            Y.add_(oracle.grad(Y, idx, generator), alpha=-lr)
         if drift is not None:
-            G = G + drift
+            Y.add_(drift, alpha=-lr)
         if prox_mu:
-            G = G + prox_mu * (Y - prox_center)
-        Y = Y - lr * G
+            Y.add_(P, alpha=-lr * prox_mu)
     return Y

@@ -13,7 +13,11 @@ from .base import Problem
 
 
 class Oracle:
-    """Exact gradients (``sigma^2 = 0``). Base class of the stochastic oracles."""
+    """Exact gradients (``sigma^2 = 0``). Base class of the stochastic oracles.
+
+    Contract for subclasses: ``grad(X, idx, generator)`` returns a new tensor and keeps no reference to
+    ``X`` (the local-step loops update their points in place between calls).
+    """
 
     stochastic = False
 
@@ -62,6 +66,10 @@ class MinibatchOracle(Oracle):
     that client's ``m_i`` samples (without replacement: a uniformly random subset; with replacement:
     i.i.d. uniform). The noise level is exact: :meth:`sigma_sq` calls the problem's
     ``minibatch_variance``.
+
+    Every draw consumes exactly ``rows * batch_size`` float64 uniforms of the generator, so
+    :meth:`sample_many` (all local steps of a round at once, which is how :func:`local_steps` asks for
+    them) gives the same indices as that many calls of :meth:`sample`.
     """
 
     stochastic = True
@@ -78,22 +86,66 @@ class MinibatchOracle(Oracle):
             raise ValueError(f"batch_size {batch_size} exceeds the smallest client's sample count {mmin}; "
                              "sampling without replacement needs batch_size <= min_i m_i (or use replace=True)")
         self.batch_size, self.replace = int(batch_size), bool(replace)
+        self._counts = problem.counts.cpu()  # the generator lives on the CPU: draw there
 
     def sample(self, idx=None, generator=None) -> torch.Tensor:
         """Sample indices ``[n_sel, batch_size]`` (one independent draw per selected client)."""
-        # the generator lives on the CPU: draw there, with the masks brought to the CPU (a CUDA problem
-        # receives CPU indices and moves them itself)
-        counts = self.problem._rows(self.problem.counts, idx).cpu()
-        m_max = self.problem.Z.shape[1]
+        return self.sample_many(1, idx, generator)[0]
+
+    def sample_many(self, steps: int, idx=None, generator=None) -> torch.Tensor:
+        r"""Indices ``[steps, n_sel, batch_size]`` of ``steps`` independent draws, equal to ``steps`` calls of
+        :meth:`sample` with the same generator (CPU indices; a CUDA problem moves them itself).
+
+        Without replacement this is Floyd's algorithm, vectorised over all rows and steps: for
+        :math:`s=0,\dots,b-1` and :math:`j=m-b+s`, draw :math:`t` uniform on :math:`\{0,\dots,j\}` and add
+        :math:`t`, or :math:`j` if :math:`t` was already chosen. Every :math:`b`-subset of the
+        :math:`m` samples comes out with probability :math:`1/\binom mb` (by induction on :math:`s`), the
+        padding is never reached, and it costs :math:`b` uniforms per row instead of :math:`m`.
+        """
+        counts = self._counts if idx is None else self._counts[idx.cpu()]
+        b = self.batch_size
+        u = torch.rand(steps, len(counts), b, generator=generator, dtype=torch.float64)
         if self.replace:
-            u = torch.rand(len(counts), self.batch_size, generator=generator, dtype=torch.float64)
-            return (u * counts[:, None]).long().clamp(max=m_max - 1)
-        keys = torch.rand(len(counts), m_max, generator=generator, dtype=torch.float64)
-        keys = keys.masked_fill(~self.problem._rows(self.problem.mask, idx).cpu(), 2.0)  # padding never chosen
-        return keys.topk(self.batch_size, dim=1, largest=False).indices
+            top = counts[None, :, None]
+        else:
+            top = counts[None, :, None] - b + 1 + torch.arange(b)       # j + 1 for s = 0..b-1
+        # floor(u * top) is uniform on {0..top-1}; the product can round up to top when u is within an ulp of 1
+        if self.replace:
+            return torch.minimum((u * top).long(), top - 1)
+        # position-major [b, rows] so that each position s is one contiguous row
+        top = top.expand(steps, -1, -1).reshape(-1, b).t()
+        J = top - 1
+        T = torch.minimum((u.reshape(-1, b).t() * top).long(), J)
+        for s in range(1, b):
+            Ts = T[s]
+            torch.where((T[:s] == Ts).any(0), J[s], Ts, out=Ts)
+        return T.t().reshape(steps, len(counts), b)
 
     def grad(self, X, idx=None, generator=None):
         return self.problem.minibatch_grad(X, self.sample(idx, generator), idx)
 
+    def draw_steps(self, steps: int, idx=None, generator=None) -> "_MinibatchSteps":
+        """The random part of ``steps`` consecutive :meth:`grad` calls, drawn at once (same numbers as
+        calling :meth:`grad` ``steps`` times); see :class:`_MinibatchSteps`."""
+        return _MinibatchSteps(self.problem, self.sample_many(steps, idx, generator), idx)
+
     def sigma_sq(self, x):
         return self.problem.minibatch_variance(x, self.batch_size, self.replace)
+
+
+class _MinibatchSteps:
+    """The minibatches of ``K`` local steps, drawn in advance: ``grad(X, k)`` is step ``k``'s gradient and
+    ``step_(X, k, lr)`` its SGD step applied in place (fused when the problem has ``minibatch_step_``)."""
+
+    def __init__(self, problem, samples, idx):
+        self.problem, self.samples, self.idx = problem, samples, idx
+
+    def grad(self, X, k):
+        return self.problem.minibatch_grad(X, self.samples[k], self.idx)
+
+    def step_(self, X, k, lr):
+        fused = getattr(self.problem, "minibatch_step_", None)
+        if fused is not None:
+            return fused(X, self.samples[k], lr, self.idx)
+        return X.add_(self.grad(X, k), alpha=-lr)
+
