@@ -236,3 +236,54 @@ def test_prefetched_fused_local_steps_equal_step_by_step_oracle_calls(method):
     for _ in range(4):
         Y = Y - 0.2 * (oracle.grad(Y, None, gen) + (0 if drift is None else drift))
     assert torch.allclose(got, Y, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["mlp", "vmap"])
+def test_autocast_bfloat16_runs_the_products_in_low_precision_and_keeps_float32_state(path):
+    """Mixed precision: gradients within bf16 accuracy of the float32 ones (and measurably different,
+    so the low precision is really used), both paths agree, parameters stay float32, training works."""
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(3, 40, 12, generator=g)
+    y = (Z @ torch.randn(12, 4, generator=g)).argmax(-1)  # learnable labels
+    torch.manual_seed(0)
+    model = mlp([12, 16, 4])
+    full = NNProblem(model, Z, y, path=path)
+    amp = NNProblem(model, Z, y, path=path, autocast=torch.bfloat16)
+    X = full.initial_point().expand(3, -1).clone()
+    G32, G16 = full.grad(X), amp.grad(X)
+    rel = float((G16 - G32).norm() / G32.norm())
+    assert G16.dtype == torch.float32 and 1e-5 < rel < 3e-2, rel
+    s = torch.tensor([[0, 5, 9]] * 3)
+    assert 1e-5 < float((amp.minibatch_grad(X, s) - full.minibatch_grad(X, s)).norm()
+                        / full.minibatch_grad(X, s).norm()) < 3e-2
+    Y = X.clone()
+    amp.minibatch_step_(Y, s, 0.1)
+    assert Y.dtype == torch.float32 and torch.allclose(Y, X - 0.1 * amp.minibatch_grad(X, s), atol=1e-6)
+    assert abs(float(amp.loss(X).mean() - full.loss(X).mean())) < 2e-2
+    meth, oracle = FedAvg(0.2, 3, check_stability=False), MinibatchOracle(amp, 8)
+    state, gen = meth.init(X[0], amp), torch.Generator().manual_seed(1)
+    before = float(full.loss(full.stack(state["x"])).mean())
+    ref = meth.init(X[0], full)
+    gen_ref = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        state = meth.step(state, oracle, SimulatedComm(3), gen)
+        ref = meth.step(ref, MinibatchOracle(full, 8), SimulatedComm(3), gen_ref)
+    after, after_ref = (float(full.loss(full.stack(s_["x"])).mean()) for s_ in (state, ref))
+    assert state["x"].dtype == torch.float32 and after < 0.7 * before
+    assert abs(after - after_ref) < 0.05 * before  # same minibatches: the bf16 run tracks the float32 one
+
+
+def test_autocast_paths_agree_and_bad_settings_raise():
+    g = torch.Generator().manual_seed(2)
+    Z = torch.randn(2, 30, 8, generator=g)
+    y = torch.randint(0, 3, (2, 30), generator=g)
+    torch.manual_seed(1)
+    model = mlp([8, 10, 3])
+    a = NNProblem(model, Z, y, path="mlp", autocast=torch.bfloat16)
+    b = NNProblem(model, Z, y, path="vmap", autocast=torch.bfloat16)
+    X = a.initial_point().expand(2, -1).clone()
+    assert float((a.grad(X) - b.grad(X)).norm() / b.grad(X).norm()) < 3e-2
+    with pytest.raises(ValueError, match="autocast must be"):
+        NNProblem(model, Z, y, autocast=torch.float64)
+    with pytest.raises(ValueError, match="float32 parameters"):
+        NNProblem(model, Z.double(), y, dtype=torch.float64, autocast=torch.bfloat16)

@@ -90,18 +90,30 @@ class NNProblem(Problem):
     dtype, device : where the data and every stacked tensor live (float32 by default; float64 for
         exactness tests; bfloat16 on GPUs).
     path : ``"auto"``, ``"mlp"`` or ``"vmap"`` (see the module docstring).
+    autocast : ``None``, ``torch.bfloat16`` or ``torch.float16``: mixed precision. Parameters, method
+        states and the loss stay in ``dtype`` (float32); the matrix products of the forward and
+        backward passes run in the lower precision (``torch.autocast`` on the vmap path, explicit
+        casts on the MLP path), and the gradients come back in ``dtype``. Exact tools
+        (:meth:`per_sample_grads`, :meth:`minibatch_variance`) ignore it.
     """
 
     name = "nn"
 
     def __init__(self, model: nn.Module, Z, y, counts=None, *, loss: str = "cross_entropy", lam: float = 0.0,
-                 weights="samples", dtype=torch.float32, device="cpu", path: str = "auto"):
+                 weights="samples", dtype=torch.float32, device="cpu", path: str = "auto", autocast=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if loss not in ("cross_entropy", "mse"):
             raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
         if path not in ("auto", "mlp", "vmap"):
             raise ValueError(f"path must be 'auto', 'mlp' or 'vmap', got {path!r}")
+        if autocast is not None:
+            if autocast not in (torch.bfloat16, torch.float16):
+                raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast}")
+            if dtype != torch.float32:
+                raise ValueError(f"mixed precision keeps float32 parameters: use dtype=torch.float32 with "
+                                 f"autocast={autocast} (got dtype={dtype})")
+        self.autocast = autocast
         if len(list(model.buffers())):
             raise ValueError("the model has buffers (e.g. BatchNorm running statistics), which would be shared "
                              "by all workers; use GroupNorm or LayerNorm instead")
@@ -255,13 +267,13 @@ class NNProblem(Problem):
             i += 2 if has_b else 1
         return Ws, bs, parts
 
-    def _work(self, name: str, shape) -> torch.Tensor:
+    def _work(self, name: str, shape, dtype) -> torch.Tensor:
         """A scratch tensor of the MLP path, kept between calls (never returned to the caller): a fresh
         ``[n, b, width]`` or ``[n, out, in]`` tensor per step would cost an allocation, and with glibc
         page faults, every local step."""
         t = self._workspace.get(name)
-        if t is None or tuple(t.shape) != tuple(shape):
-            t = torch.empty(tuple(shape), dtype=self.dtype, device=self.device)
+        if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            t = torch.empty(tuple(shape), dtype=dtype, device=self.device)
             self._workspace[name] = t
         return t
 
@@ -277,15 +289,17 @@ class NNProblem(Problem):
         Ws, bs, parts = self._mlp_layers(X)
         k, b = Zb.shape[0], Zb.shape[1]
         h = Zb.reshape(k, b, -1)
+        if self.autocast is not None:  # mixed precision: the products in low precision
+            Ws, h = [W.to(self.autocast) for W in Ws], h.to(self.autocast)
         acts = [h]
         last = len(Ws) - 1
         for l, (W, bias) in enumerate(zip(Ws, bs)):
             if l == last:
-                h = torch.bmm(W, h.transpose(1, 2), out=self._work("out", (k, W.shape[1], b)))
+                h = torch.bmm(W, h.transpose(1, 2), out=self._work("out", (k, W.shape[1], b), h.dtype))
                 if bias is not None:
                     h.add_(bias[:, :, None])
                 break
-            h = torch.bmm(h, W.transpose(1, 2), out=self._work(f"h{l}", (k, b, W.shape[1])))
+            h = torch.bmm(h, W.transpose(1, 2), out=self._work(f"h{l}", (k, b, W.shape[1]), h.dtype))
             if bias is not None:
                 h.add_(bias[:, None, :])
             a = self._acts[l]
@@ -301,6 +315,8 @@ class NNProblem(Problem):
         (overwritten by it), and the weighted loss per worker (``None`` unless ``need_loss``).
         ``wb`` is ``[k, b]`` or one number (the minibatch weight 1/b)."""
         wcol = wb[:, None, :] if torch.is_tensor(wb) else wb
+        if out.dtype != self.dtype:  # mixed precision: the loss and its gradient in full precision
+            out = out.to(self.dtype)
         if self.loss_kind == "cross_entropy":
             # softmax by hand, in place: several times faster than torch.log_softmax over ~10 classes on CPU
             z = out.sub_(out.amax(1, keepdim=True))
@@ -330,15 +346,17 @@ class NNProblem(Problem):
         g, _ = self._mlp_out_grad(out, yb, wb, need_loss=False)  # [k, C, b]
         k, last = X.shape[0], len(Ws) - 1
         per_layer = [None] * len(Ws)
-        gW = torch.bmm(g, acts[last], out=self._work(f"gW{last}", (k, *Ws[last].shape[1:])))
-        per_layer[last] = [gW.view(k, -1)] + ([g.sum(2)] if bs[last] is not None else [])
+        gb = g.sum(2) if bs[last] is not None else None
+        g = g.to(Ws[last].dtype)  # no-op unless mixed precision
+        gW = torch.bmm(g, acts[last], out=self._work(f"gW{last}", (k, *Ws[last].shape[1:]), g.dtype))
+        per_layer[last] = [gW.view(k, -1)] + ([gb] if gb is not None else [])
         g = g.transpose(1, 2)  # [k, b, C]
         for l in range(last, -1, -1):
             if l < last:
-                gW = torch.bmm(g.transpose(1, 2), acts[l], out=self._work(f"gW{l}", (k, *Ws[l].shape[1:])))
+                gW = torch.bmm(g.transpose(1, 2), acts[l], out=self._work(f"gW{l}", (k, *Ws[l].shape[1:]), g.dtype))
                 per_layer[l] = [gW.view(k, -1)] + ([g.sum(1)] if bs[l] is not None else [])
             if l > 0:
-                g = torch.bmm(g, Ws[l], out=self._work(f"g{l}", acts[l].shape))
+                g = torch.bmm(g, Ws[l], out=self._work(f"g{l}", acts[l].shape, g.dtype))
                 a = self._acts[l - 1]  # multiply by the activation's derivative, in place
                 if a == "relu":
                     torch.ops.aten.threshold_backward.grad_input(g, acts[l], 0, grad_input=g)
@@ -347,7 +365,8 @@ class NNProblem(Problem):
         return [t for ts in per_layer for t in ts], parts
 
     def _mlp_grad(self, X, Zb, yb, wb):
-        G = torch.cat(self._mlp_layer_grads(X, Zb, yb, wb)[0], dim=1)  # the only [k, P] allocation
+        blocks = self._mlp_layer_grads(X, Zb, yb, wb)[0]
+        G = torch.cat([t.to(self.dtype) for t in blocks], dim=1)  # the only [k, P] allocation
         return G.add_(X, alpha=self.lam) if self.lam else G
 
     def _mlp_loss(self, X, Zb, yb, wb):
@@ -359,7 +378,14 @@ class NNProblem(Problem):
     def _grad(self, X, Zb, yb, wb):
         if self.path == "mlp":
             return self._mlp_grad(X, Zb, yb, wb)
-        return self._vmap_grad(X, Zb, yb, wb)
+        with self._autocast():
+            return self._vmap_grad(X, Zb, yb, wb).to(self.dtype)
+
+    def _autocast(self):
+        import contextlib
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def grad(self, X, idx=None):
         """Full local gradients (every sample of each selected worker) at the stacked points."""
@@ -391,7 +417,8 @@ class NNProblem(Problem):
         with torch.no_grad():
             if self.path == "mlp":
                 return self._mlp_loss(X, *args)
-            return self._vmap_loss(X, *args)
+            with self._autocast():
+                return self._vmap_loss(X, *args).to(self.dtype)
 
     def predict(self, x, Z) -> torch.Tensor:
         """Outputs of the network with parameters ``x [P]`` on inputs ``Z [N, *input_shape]``."""
