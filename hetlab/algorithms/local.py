@@ -75,8 +75,9 @@ class FedAvg(_LocalMethod):
         m, idx, w = self._select(problem, generator)
         X = comm.broadcast(state["x"], m)
         Y = local_steps(X, oracle, idx, self.local_steps, self.lr, generator)
-        # sum_S w_i (x - y_i), not x - sum_S w_i y_i: the sampled weights need not sum to one
-        return self._server_apply(state, comm.mean(X - Y, w))
+        # sum_S w_i (x - y_i), not x - sum_S w_i y_i: the sampled weights need not sum to one.
+        # Y is local_steps' own copy: the differences overwrite it (no [n, d] allocation per round)
+        return self._server_apply(state, comm.mean(torch.sub(X, Y, out=Y), w))
 
 
 LocalSGD = FedAvg
