@@ -11,13 +11,14 @@ primitive          implementation (every process calls it; results are identical
 =================  ======================================================================
 ``mean(X, q)``     ``all_reduce(SUM)`` of the block's :math:`\sum_{i\in\text{block}}q_ix_i`
 ``broadcast(x)``   the server model is replicated: a local view ``[rows, d]``
-``mix(X, W)``      ``all_gather`` of the blocks, then the block's rows of :math:`WX`
+``mix(X, W)``      point-to-point exchange of the rows the graph needs, then the block's rows of :math:`WX`
 ``gather(X)``      ``all_gather`` (robust aggregators see every row)
+``relay(T, Y, M)`` ``all_gather`` of the blocks; the tree's edge messages are replicated
 =================  ======================================================================
 
-``mix`` moves all rows to every process, which is simple and exact; a neighbour-only exchange
-would send less for sparse graphs and is left for later. Partial participation (sampling a subset of
-clients) and RelaySGD's tree messages are not supported in this backend yet: they raise.
+``mix`` sends only the rows that the mixing matrix reads across block boundaries (a ring: one row
+each way per boundary); ``relay`` gathers all rows, which is simple and exact. Partial participation
+(sampling a subset of clients) is not supported in this backend yet: it raises.
 
 Randomness: every process holds a generator with the same seed; a stochastic oracle draws the
 *global* random numbers (for all ``n`` workers, in the simulated backend's order) and keeps its
@@ -101,13 +102,46 @@ class DistributedComm:
         return torch.cat([p[:s] for p, s in zip(parts, self.sizes)])
 
     def mix(self, X, W):
+        """Gossip :math:`X\\leftarrow WX` for this block's rows, exchanging only the rows that the
+        graph needs: each process receives, from every other process, the rows ``j`` of that block with
+        ``W[i, j] != 0`` for one of its own rows ``i`` (point-to-point ``isend``/``irecv``), so a ring
+        sends two rows per block boundary instead of all ``n``."""
         if W.shape != (self.n, self.n):
             raise ValueError(f"mixing matrix must be [{self.n}, {self.n}], got {list(W.shape)}")
-        full = self.gather(X)
-        return W.to(X.dtype)[self.rows] @ full
+        W = W.to(device=X.device, dtype=X.dtype)
+        me = dist.get_rank(self.group)
+        starts = [0]
+        for sz in self.sizes:
+            starts.append(starts[-1] + sz)
+        mine = W[self.rows] != 0                       # [rows, n]: what this block reads
+        theirs = (W[:, self.rows] != 0).T              # [rows, n]: which rows read each of this block's rows
+        reqs, received = [], []
+        for p in range(self.world):
+            if p == me:
+                continue
+            lo, hi = starts[p], starts[p + 1]
+            need = torch.nonzero(mine[:, lo:hi].any(0)).flatten() + lo      # rows of block p this block reads
+            give = torch.nonzero(theirs[:, lo:hi].any(1)).flatten()          # this block's rows that p reads
+            peer = p if self.group is None else dist.get_global_rank(self.group, p)
+            if len(need):
+                buf = torch.empty((len(need), *X.shape[1:]), dtype=X.dtype, device=X.device)
+                reqs.append(dist.irecv(buf, src=peer, group=self.group))
+                received.append((need, buf))
+            if len(give):
+                out = X[give].contiguous()
+                self._count(out)
+                reqs.append(dist.isend(out, dst=peer, group=self.group))
+        for r in reqs:
+            r.wait()
+        cols = torch.cat([self.rows] + [ids for ids, _ in received])
+        vals = torch.cat([X] + [buf for _, buf in received])
+        return W[self.rows][:, cols] @ vals
 
-    def relay(self, *args, **kw):
-        raise NotImplementedError("RelaySGD's tree messages are not implemented in the distributed backend yet")
+    def relay(self, messaging, Y, M_prev):
+        """RelaySum messages along the tree: the blocks are gathered, every process computes the same
+        edge messages ``[E, ...]`` (kept replicated) and keeps the sums received by its own rows."""
+        M = messaging.relay(self.gather(Y), M_prev)
+        return M, messaging.receive(M)[self.rows]
 
 
 class ProblemShard:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hetlab.algorithms import DSGD, FedAvg, Scaffold
+from hetlab.algorithms import DSGD, FedAvg, RelaySGD, Scaffold
 from hetlab.models import mlp
 from hetlab.problems import (GaussianNoiseOracle, MinibatchOracle, NNProblem, random_least_squares,
                              random_quadratics)
@@ -39,5 +39,12 @@ def fedavg_mlp():
     return prob, MinibatchOracle(prob, 2), FedAvg(0.1, 3, check_stability=False), prob.initial_point()
 
 
+def relaysgd_tree():
+    import networkx as nx
+    prob = random_quadratics(N, D, seed=6)
+    return (prob, GaussianNoiseOracle(prob, 0.2), RelaySGD(0.05, nx.balanced_tree(2, 3).subgraph(range(N)).copy()),
+            torch.zeros(D, dtype=torch.float64))
+
+
 CASES = {"fedavg_minibatch": fedavg_minibatch, "scaffold_noise": scaffold_noise, "dsgd_ring": dsgd_ring,
-         "fedavg_mlp": fedavg_mlp}
+         "fedavg_mlp": fedavg_mlp, "relaysgd_tree": relaysgd_tree}

@@ -62,6 +62,13 @@ def test_distributed_equals_simulated(distributed_results, name):
     assert float((sim[key] - CASES[name]()[3]).abs().max()) > 1e-3
 
 
+def test_gossip_sends_only_the_rows_the_graph_needs(distributed_results):
+    """D-SGD on a ring: rank 0 holds workers 0-2 and sends, per round, worker 0's row to the block of
+    worker 9 and worker 2's row to the block of worker 3: two rows, not its whole block."""
+    from dist_cases import D
+    assert distributed_results["bytes_sent_rank0"]["dsgd_ring"] == ROUNDS * 2 * D * 8
+
+
 def test_block_rows_cover_every_worker_once():
     for n, world in [(10, 4), (7, 7), (100, 3)]:
         rows = torch.cat([block_rows(n, world, r) for r in range(world)])

@@ -188,8 +188,9 @@ class RelaySGD(_Gossip):
         return {"lr": self.lr, "tree_diameter": self.msg.diameter, "check_stability": self.check_stability}
 
     def init(self, x0, problem):
-        if self.msg.n != problem.n:
-            raise ValueError(f"{self.name}: the tree has {self.msg.n} nodes but the problem has {problem.n} workers")
+        n = getattr(problem, "n_global", problem.n)  # a distributed shard holds a block of the workers
+        if self.msg.n != n:
+            raise ValueError(f"{self.name}: the tree has {self.msg.n} nodes but the problem has {n} workers")
         _check_uniform(problem, self.name)
         check_local_lr(self.name, self.lr, problem, self.check_stability)
         x0 = check_x0(x0, problem)
@@ -199,9 +200,9 @@ class RelaySGD(_Gossip):
 
     def step(self, state, oracle, comm, generator):
         X = state["X"]
-        n = X.shape[0]
+        n = self.msg.n  # all workers; X holds this process's rows (all of them when simulated)
         Y = X - self.lr * oracle.grad(X, None, generator)
         M, received = comm.relay(self.msg, Y, state["messages"])
-        c, C = comm.relay(self.msg, torch.ones(n, dtype=X.dtype), state["counts"])
+        c, C = comm.relay(self.msg, torch.ones(X.shape[0], dtype=X.dtype), state["counts"])
         X_new = ((n - C)[:, None] * Y + received) / n
         return {"X": X_new, "messages": M, "counts": c, "round": state["round"] + 1}
