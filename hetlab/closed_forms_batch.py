@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.sparse.linalg import LinearOperator, eigs
+from scipy.sparse.linalg import eigs
 
 __all__ = ["row_constants", "expected_smoothness", "critical_batch_size", "derived_speedup",
            "minibatch_hessian_second_moment", "enumerate_hessian_second_moment", "minibatch_ms_operator",

@@ -17,8 +17,8 @@ primitive          implementation (every process calls it; results are identical
 =================  ======================================================================
 
 ``mix`` sends only the rows that the mixing matrix reads across block boundaries (a ring: one row
-each way per boundary); ``relay`` gathers all rows, which is simple and exact. Partial participation
-(sampling a subset of clients) is not supported in this backend yet: it raises.
+each way per boundary); ``relay`` gathers all rows, which is simple and exact. Partial participation:
+every process draws the same clients among all ``n`` and works on those of its block (possibly none).
 
 Randomness: every process holds a generator with the same seed; a stochastic oracle draws the
 *global* random numbers (for all ``n`` workers, in the simulated backend's order) and keeps its
@@ -77,19 +77,29 @@ class DistributedComm:
         self.bytes_sent += X.numel() * X.element_size()
 
     def mean(self, X, weights=None):
-        if X.shape[0] != len(self.rows):
-            raise ValueError("the distributed backend supports full participation only (every process "
-                             f"passes its {len(self.rows)} rows); got {X.shape[0]} rows")
-        part = X.sum(0) / self.n if weights is None else weights @ X
+        if weights is None:
+            if X.shape[0] != len(self.rows):
+                raise ValueError(f"mean without weights needs all {len(self.rows)} rows of this process's block, "
+                                 f"got {X.shape[0]}; pass the aggregation weights of the rows")
+            part = X.sum(0) / self.n
+        else:
+            if weights.shape != (X.shape[0],):
+                raise ValueError(f"weights must have shape [{X.shape[0]}], got {list(weights.shape)}")
+            part = weights @ X
         part = part.contiguous().clone()
         self._count(part)
         dist.all_reduce(part, op=dist.ReduceOp.SUM, group=self.group)
         return part
 
     def broadcast(self, x, rows=None):
-        if rows is not None and rows != self.n and rows != len(self.rows):
-            raise NotImplementedError("partial participation is not supported by the distributed backend yet")
-        return x.expand(len(self.rows), x.shape[-1])
+        """The server model for this process's rows: all of its block (``rows`` None or ``n``) or the
+        ``rows`` clients of the block sampled this round (partial participation)."""
+        if rows is None or rows == self.n:
+            rows = len(self.rows)
+        elif rows > len(self.rows):
+            raise ValueError(f"this process holds {len(self.rows)} workers, cannot broadcast to {rows} rows; "
+                             "with partial participation pass the count of sampled clients in the block")
+        return x.expand(rows, x.shape[-1])
 
     def gather(self, X):
         # gloo's all_gather needs equal shapes: pad every block to the largest one, then trim
@@ -152,12 +162,25 @@ class ProblemShard:
         self.problem, self.rows, self.group = problem, rows, group
         self.n, self.n_global, self.d = len(rows), problem.n, problem.d
         self.weights = problem.weights[rows]
+        self.sampled = None  # this round's client draw under partial participation (see localize_clients)
 
     def __getattr__(self, name):
         return getattr(self.problem, name)
 
     def _g(self, idx):
         return self.rows if idx is None else self.rows[idx]
+
+    def localize_clients(self, idx, m: int):
+        """Partial participation: from the clients ``idx`` sampled among all workers (the same draw on
+        every process), keep those of this block. Returns ``(rows, local idx, weights)`` with the global
+        unbiased weights :math:`\\frac nm q_i`, and remembers the draw for :class:`ShardedOracle`."""
+        if idx is None:
+            self.sampled = None
+            return self.n, None, self.weights
+        inblock = (idx >= self.rows[0]) & (idx <= self.rows[-1])      # the block is contiguous
+        self.sampled = (idx, torch.nonzero(inblock).flatten())          # global draw, this block's positions in it
+        local = idx[inblock] - self.rows[0]
+        return len(local), local, self.problem.weights[idx[inblock]] * (self.n_global / m)
 
     def _rows(self, t, idx):
         return t[self._g(idx)]
@@ -204,16 +227,22 @@ class ShardedOracle:
         self.stochastic = oracle.stochastic
 
     def grad(self, X, idx=None, generator=None):
-        if idx is not None:
-            raise NotImplementedError("partial participation is not supported by the distributed backend yet")
         o, P = self.oracle, self.problem
+        if idx is None:
+            glob, keep = None, self.rows                                # every worker draws; keep the block
+        else:
+            glob, keep = getattr(P, "sampled", None) or (None, None)    # the round's global client draw
+            if keep is None or len(keep) != len(idx):
+                raise RuntimeError("ShardedOracle: the clients were not selected through ProblemShard."
+                                   "localize_clients this round (methods' _select does it)")
         if type(o) is Oracle:
-            return P.grad(X)
+            return P.grad(X, idx)
         if type(o) is GaussianNoiseOracle:
-            noise = torch.randn((P.n_global, P.d), dtype=X.dtype, device=X.device, generator=generator)
-            return P.grad(X) + (o.sigma / P.d ** 0.5) * noise[self.rows]
-        samples = o.sample(None, generator)[self.rows]
-        return P.minibatch_grad(X, samples)
+            rows = P.n_global if glob is None else len(glob)
+            noise = torch.randn((rows, P.d), dtype=X.dtype, generator=generator).to(X.device)  # CPU generator
+            return P.grad(X, idx) + (o.sigma / P.d ** 0.5) * noise[keep]
+        samples = o.sample(glob, generator)[keep]
+        return P.minibatch_grad(X, samples, idx)
 
 
 def shard(problem, oracle=None, rank: int | None = None, world: int | None = None, group=None):

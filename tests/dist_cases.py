@@ -46,5 +46,18 @@ def relaysgd_tree():
             torch.zeros(D, dtype=torch.float64))
 
 
-CASES = {"fedavg_minibatch": fedavg_minibatch, "scaffold_noise": scaffold_noise, "dsgd_ring": dsgd_ring,
+def fedavg_partial():
+    """4 of 10 clients per round: some processes hold no sampled client in some rounds."""
+    prob = random_least_squares(N, 12, D, seed=7)
+    return (prob, MinibatchOracle(prob, 3), FedAvg(0.5 / prob.L, 3, participation=0.4),
+            torch.zeros(D, dtype=torch.float64))
+
+
+def scaffold_partial():
+    prob = random_quadratics(N, D, seed=8)
+    return (prob, GaussianNoiseOracle(prob, 0.3), Scaffold(0.05, 2, participation=3, option="I"),
+            torch.ones(D, dtype=torch.float64))
+
+
+CASES = {"fedavg_minibatch": fedavg_minibatch, "fedavg_partial": fedavg_partial, "scaffold_partial": scaffold_partial, "scaffold_noise": scaffold_noise, "dsgd_ring": dsgd_ring,
          "fedavg_mlp": fedavg_mlp, "relaysgd_tree": relaysgd_tree}

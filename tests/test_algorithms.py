@@ -371,7 +371,7 @@ def test_partial_participation_is_unbiased(monkeypatch, make):
     full-participation round (skewed client weights)."""
     from itertools import combinations
 
-    import hetlab.algorithms.local as local_mod
+    import hetlab.algorithms.base as base_mod
     P = random_quadratics(5, 3, seed=1, weights=[1.0, 2.0, 3.0, 1.0, 0.5])
     x0 = torch.tensor([0.5, -1.0, 2.0], dtype=DT)
     comm, oracle = SimulatedComm(P.n), Oracle(P)
@@ -382,7 +382,7 @@ def test_partial_participation_is_unbiased(monkeypatch, make):
     subsets = list(combinations(range(P.n), 2))
     acc = torch.zeros(3, dtype=DT)
     for S in subsets:
-        monkeypatch.setattr(local_mod, "sample_clients", lambda n, m, g, S=S: torch.tensor(S))
+        monkeypatch.setattr(base_mod, "sample_clients", lambda n, m, g, S=S: torch.tensor(S))
         acc += part.step(part.init(x0, P), oracle, comm, None)["x"]
     torch.testing.assert_close(acc / len(subsets), ref, rtol=1e-13, atol=1e-13)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hetlab.algorithms import FedAvg, Scaffold
+from hetlab.algorithms import FedAvg
 from hetlab.models import mlp
 from hetlab.problems import MinibatchOracle, NNProblem, random_quadratics
 from hetlab.problems.oracles import GaussianNoiseOracle
-from hetlab.run import DivergenceError, History, run
+from hetlab.run import DivergenceError, run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -75,3 +75,30 @@ def test_block_rows_cover_every_worker_once():
         assert torch.equal(rows, torch.arange(n))
     with pytest.raises(ValueError, match="at least one"):
         block_rows(3, 4, 0)
+
+
+def test_partial_participation_keeps_each_blocks_sampled_clients():
+    """localize_clients (no process group needed): the blocks' sampled clients partition the global
+    draw, with the global unbiased weights n/m q_i; methods without block-aware sampling refuse."""
+    from hetlab.algorithms import FedAWARE
+    from hetlab.algorithms.base import aggregation_weights, select_clients
+    from hetlab.distributed import ProblemShard
+    from hetlab.problems import random_quadratics
+    prob = random_quadratics(10, 3, seed=0, weights=[1.0 + i for i in range(10)])
+    shards = [ProblemShard(prob, block_rows(10, 4, r)) for r in range(4)]
+    draws = [select_clients(P, 0.4, torch.Generator().manual_seed(5)) for P in shards]
+    m_glob, idx_glob, w_glob = select_clients(prob, 0.4, torch.Generator().manual_seed(5))
+    assert sum(m for m, _, _ in draws) == m_glob == 4
+    ids = torch.cat([P.rows[idx] for P, (_, idx, _) in zip(shards, draws)])
+    assert torch.equal(ids, idx_glob)
+    assert torch.allclose(torch.cat([w for _, _, w in draws]), w_glob)
+    assert torch.allclose(w_glob, aggregation_weights(prob, idx_glob, 4))
+    with pytest.raises(NotImplementedError, match="not supported on the distributed backend"):
+        meth = FedAWARE(0.1, 2, participation=0.5)
+        meth.step(meth.init(torch.zeros(3, dtype=torch.float64), prob), _ShardOracle(shards[0]), SimulatedComm(3),
+                  torch.Generator().manual_seed(0))
+
+
+class _ShardOracle:
+    def __init__(self, P):
+        self.problem, self.stochastic = P, False

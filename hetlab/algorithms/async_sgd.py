@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, aggregation_weights, check_x0, num_participants, sample_clients
+from .base import Method, check_x0, num_participants, select_clients
 
 __all__ = ["AsyncSGD"]
 
@@ -54,7 +54,7 @@ class AsyncSGD(Method):
         else:
             tau = int(torch.randint(self.max_delay + 1, (1,), generator=generator))
         stale = hist[min(tau, t, self.max_delay)]
-        idx = sample_clients(problem.n, self.batch, generator)
-        G = oracle.grad(comm.broadcast(stale, self.batch), idx, generator)
-        x = state["x"] - self.lr * comm.mean(G, aggregation_weights(problem, idx, self.batch))
+        m, idx, w = select_clients(problem, self.batch, generator)
+        G = oracle.grad(comm.broadcast(stale, m), idx, generator)
+        x = state["x"] - self.lr * comm.mean(G, w)
         return {"x": x, "history": torch.cat([x[None], hist[:-1]]), "round": t + 1}

@@ -84,6 +84,28 @@ def sample_clients(n: int, m: int, generator) -> torch.Tensor | None:
     return torch.randperm(n, generator=generator)[:m].sort().values
 
 
+def select_clients(problem, participation, generator):
+    """``(rows, idx, w)`` of one round: how many rows the round works on, which clients (``None``: all)
+    and their unbiased aggregation weights. Clients are drawn among all ``n`` workers; a distributed
+    shard (:class:`hetlab.distributed.ProblemShard`) keeps the sampled clients of its own block, so every
+    backend draws the same clients."""
+    n = getattr(problem, "n_global", problem.n)
+    m = num_participants(n, participation)
+    idx = sample_clients(n, m, generator)
+    if hasattr(problem, "localize_clients"):
+        return problem.localize_clients(idx, m)
+    return m, idx, aggregation_weights(problem, idx, m)
+
+
+def refuse_sharded_sampling(problem, name: str, sampled: bool) -> None:
+    """Methods whose client sampling is not block-aware raise on a distributed shard."""
+    if sampled and hasattr(problem, "localize_clients"):
+        raise NotImplementedError(
+            f"{name}: client sampling is not supported on the distributed backend for this method; use full "
+            "participation there (FedAvg, FedProx, SCAFFOLD, FedGA/GradAlign, minibatch and asynchronous SGD "
+            "support it)")
+
+
 def aggregation_weights(problem, idx, m: int) -> torch.Tensor | None:
     r"""Unbiased aggregation weights for the sampled clients: :math:`\frac nm q_i`, :math:`i\in S`
     (so :math:`\mathbb E\sum_{i\in S}w_iv_i=\sum_iq_iv_i`); the problem's weights under full participation."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import (Method, aggregation_weights, check_local_lr, check_x0, local_steps,
-                   num_participants, sample_clients)
+from .base import Method, check_local_lr, check_x0, local_steps, select_clients
 from .server import ServerSGD
 
 
@@ -41,9 +40,10 @@ class _LocalMethod(Method):
         return new
 
     def _select(self, problem, generator):
-        m = num_participants(problem.n, self.participation)
-        idx = sample_clients(problem.n, m, generator)
-        return m, idx, aggregation_weights(problem, idx, m)
+        """``(rows, idx, w)``: how many rows this round works on, which clients (``None``: all) and their
+        aggregation weights. The clients are drawn among all ``n`` workers; a distributed shard then keeps
+        the sampled clients of its own block (``localize_clients``)."""
+        return select_clients(problem, self.participation, generator)
 
 
 class FedAvg(_LocalMethod):

@@ -49,7 +49,7 @@ import math
 import torch
 
 from .. import aggregate as agg
-from .base import Method, check_local_lr, check_x0, num_participants, sample_clients
+from .base import Method, check_local_lr, check_x0, num_participants, refuse_sharded_sampling, sample_clients
 
 NOISES = ("gaussian", "uniform")
 
@@ -168,6 +168,7 @@ class RobustAggregationSGD(Method):
         m = problem.n
         if self.subsample is not None:
             m = num_participants(problem.n, self.subsample)
+            refuse_sharded_sampling(problem, self.name, True)
             idx = sample_clients(problem.n, m, generator)
         X = comm.broadcast(x, m)
         G = oracle.grad(X, idx, generator)

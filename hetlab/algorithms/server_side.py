@@ -18,7 +18,8 @@ import itertools
 import numpy as np
 import torch
 
-from .base import Method, aggregation_weights, check_x0, num_participants, sample_clients
+from .base import (Method, aggregation_weights, check_x0, num_participants, refuse_sharded_sampling,
+                   sample_clients)
 from .base import local_steps as _local_steps
 
 
@@ -202,6 +203,7 @@ class FedAWARE(Method):
     def step(self, state, oracle, comm, generator):
         problem = oracle.problem
         m = num_participants(problem.n, self.participation)
+        refuse_sharded_sampling(problem, self.name, m < problem.n)
         idx = sample_clients(problem.n, m, generator)
         X = comm.broadcast(state["x"], m)
         D = comm.gather(X - self._local(X, oracle, idx, generator))

@@ -1,8 +1,7 @@
 r"""Centralised baselines on the stacked interface: gradient descent and minibatch SGD."""
 from __future__ import annotations
 
-from .base import (Method, aggregation_weights, check_local_lr, check_x0, num_participants,
-                   sample_clients)
+from .base import Method, check_x0, num_participants, select_clients
 
 
 class MinibatchSGD(Method):
@@ -33,11 +32,10 @@ class MinibatchSGD(Method):
 
     def step(self, state, oracle, comm, generator):
         problem = oracle.problem
-        m = num_participants(problem.n, self.participation)
-        idx = sample_clients(problem.n, m, generator)
+        m, idx, w = select_clients(problem, self.participation, generator)
         X = comm.broadcast(state["x"], m)
         G = sum(oracle.grad(X, idx, generator) for _ in range(self.batches)) / self.batches
-        g = comm.mean(G, aggregation_weights(problem, idx, m))
+        g = comm.mean(G, w)
         return {"x": state["x"] - self.lr * g, "round": state["round"] + 1}
 
 

@@ -183,7 +183,7 @@ class LogisticRegressionProblem(FiniteSumMixin, Problem):
     def hessians(self, X, idx=None) -> torch.Tensor:
         """Local Hessians ``[n_sel, d, d]`` at the stacked points."""
         self._check_stacked(X, idx)
-        Z, y, mask = self._rows(self.Z, idx), self._rows(self.y, idx), self._rows(self.mask, idx)
+        Z, mask = self._rows(self.Z, idx), self._rows(self.mask, idx)
         p = torch.sigmoid(torch.einsum("nmd,nd->nm", Z, X))
         w = p * (1 - p) * mask / self._rows(self.counts, idx).to(self.dtype)[:, None]
         return torch.einsum("nm,nmi,nmj->nij", w, Z, Z) + self.lam * torch.eye(self.d, dtype=self.dtype)

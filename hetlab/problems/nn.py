@@ -30,7 +30,6 @@ records the loss instead of the suboptimality.
 """
 from __future__ import annotations
 
-import math
 from functools import cached_property
 
 import torch
