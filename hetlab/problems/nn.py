@@ -223,7 +223,8 @@ class NNProblem(Problem):
         if samples is None:
             mask = self._rows(self.mask, idx).to(self.dtype)
             return Z, y, mask / self._rows(self.counts, idx).to(self.dtype)[:, None]
-        samples = samples.to(self.device)
+        if samples.device != self.device:
+            samples = samples.to(self.device)
         k, b = samples.shape
         offsets = self._workspace.get("offsets")
         if offsets is None or offsets.shape[0] != k or offsets.device != samples.device:
@@ -271,7 +272,7 @@ class NNProblem(Problem):
         ``[n, b, width]`` or ``[n, out, in]`` tensor per step would cost an allocation, and with glibc
         page faults, every local step."""
         t = self._workspace.get(name)
-        if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        if t is None or t.shape != shape or t.dtype != dtype:
             t = torch.empty(tuple(shape), dtype=dtype, device=self.device)
             self._workspace[name] = t
         return t
@@ -287,7 +288,7 @@ class NNProblem(Problem):
         workspace and are overwritten by the next call."""
         Ws, bs, parts = self._mlp_layers(X)
         k, b = Zb.shape[0], Zb.shape[1]
-        h = Zb.reshape(k, b, -1)
+        h = Zb if Zb.dim() == 3 else Zb.reshape(k, b, -1)
         if self.autocast is not None:  # mixed precision: the products in low precision
             Ws, h = [W.to(self.autocast) for W in Ws], h.to(self.autocast)
         acts = [h]
@@ -346,7 +347,8 @@ class NNProblem(Problem):
         k, last = X.shape[0], len(Ws) - 1
         per_layer = [None] * len(Ws)
         gb = g.sum(2) if bs[last] is not None else None
-        g = g.to(Ws[last].dtype)  # no-op unless mixed precision
+        if self.autocast is not None:
+            g = g.to(self.autocast)
         gW = torch.bmm(g, acts[last], out=self._work(f"gW{last}", (k, *Ws[last].shape[1:]), g.dtype))
         per_layer[last] = [gW.view(k, -1)] + ([gb] if gb is not None else [])
         g = g.transpose(1, 2)  # [k, b, C]

@@ -139,13 +139,13 @@ class _MinibatchSteps:
 
     def __init__(self, problem, samples, idx):
         self.problem, self.samples, self.idx = problem, samples, idx
+        self._fused = getattr(problem, "minibatch_step_", None)
 
     def grad(self, X, k):
         return self.problem.minibatch_grad(X, self.samples[k], self.idx)
 
     def step_(self, X, k, lr):
-        fused = getattr(self.problem, "minibatch_step_", None)
-        if fused is not None:
-            return fused(X, self.samples[k], lr, self.idx)
+        if self._fused is not None:
+            return self._fused(X, self.samples[k], lr, self.idx)
         return X.add_(self.grad(X, k), alpha=-lr)
 
