@@ -37,6 +37,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from .algorithms.base import aggregation_weights
 from .problems.oracles import GaussianNoiseOracle, MinibatchOracle, Oracle
 
 __all__ = ["block_rows", "init", "DistributedComm", "ProblemShard", "ShardedOracle", "shard"]
@@ -71,6 +72,7 @@ class DistributedComm:
         self.n, self.rows, self.group = int(n), rows, group
         self.world = dist.get_world_size(group)
         self.sizes = [len(block_rows(n, self.world, r)) for r in range(self.world)]
+        self.starts = [sum(self.sizes[:r]) for r in range(self.world + 1)]  # block r is rows starts[r]:starts[r+1]
         self.bytes_sent = 0
 
     def _count(self, X):
@@ -120,16 +122,13 @@ class DistributedComm:
             raise ValueError(f"mixing matrix must be [{self.n}, {self.n}], got {list(W.shape)}")
         W = W.to(device=X.device, dtype=X.dtype)
         me = dist.get_rank(self.group)
-        starts = [0]
-        for sz in self.sizes:
-            starts.append(starts[-1] + sz)
         mine = W[self.rows] != 0                       # [rows, n]: what this block reads
         theirs = (W[:, self.rows] != 0).T              # [rows, n]: which rows read each of this block's rows
         reqs, received = [], []
         for p in range(self.world):
             if p == me:
                 continue
-            lo, hi = starts[p], starts[p + 1]
+            lo, hi = self.starts[p], self.starts[p + 1]
             need = torch.nonzero(mine[:, lo:hi].any(0)).flatten() + lo      # rows of block p this block reads
             give = torch.nonzero(theirs[:, lo:hi].any(1)).flatten()          # this block's rows that p reads
             peer = p if self.group is None else dist.get_global_rank(self.group, p)
@@ -180,7 +179,7 @@ class ProblemShard:
         inblock = (idx >= self.rows[0]) & (idx <= self.rows[-1])      # the block is contiguous
         self.sampled = (idx, torch.nonzero(inblock).flatten())          # global draw, this block's positions in it
         local = idx[inblock] - self.rows[0]
-        return len(local), local, self.problem.weights[idx[inblock]] * (self.n_global / m)
+        return len(local), local, aggregation_weights(self.problem, idx, m)[inblock]
 
     def _rows(self, t, idx):
         return t[self._g(idx)]
@@ -231,7 +230,7 @@ class ShardedOracle:
         if idx is None:
             glob, keep = None, self.rows                                # every worker draws; keep the block
         else:
-            glob, keep = getattr(P, "sampled", None) or (None, None)    # the round's global client draw
+            glob, keep = P.sampled or (None, None)                      # the round's global client draw
             if keep is None or len(keep) != len(idx):
                 raise RuntimeError("ShardedOracle: the clients were not selected through ProblemShard."
                                    "localize_clients this round (methods' _select does it)")

@@ -30,6 +30,7 @@ records the loss instead of the suboptimality.
 """
 from __future__ import annotations
 
+import contextlib
 from functools import cached_property
 
 import torch
@@ -326,18 +327,11 @@ class NNProblem(Problem):
                 loss = ((lse - z.gather(1, yb[:, None, :])[:, 0, :]) * wb).sum(1)
             g = z.exp_()
             g.div_(g.sum(1, keepdim=True))
-            g.scatter_add_(1, yb[:, None, :], self._minus_ones(yb.shape))
+            g.scatter_add_(1, yb[:, None, :], g.new_full((), -1.0).expand(yb.shape[0], 1, yb.shape[1]))
         else:
             g = out.sub_(yb.reshape(out.shape[0], out.shape[2], -1).transpose(1, 2))
             loss = 0.5 * ((g * g).sum(1) * wb).sum(1) if need_loss else None
         return g.mul_(wcol), loss
-
-    def _minus_ones(self, shape):
-        t = self._workspace.get("minus_ones")
-        if t is None or t.shape[0] != shape[0] or t.shape[2] != shape[1]:
-            t = torch.full((shape[0], 1, shape[1]), -1.0, dtype=self.dtype, device=self.device)
-            self._workspace["minus_ones"] = t
-        return t
 
     def _mlp_layer_grads(self, X, Zb, yb, wb):
         """The gradient's blocks in the flat order ``(W_1, b_1, ..., W_L, b_L)``, each ``[k, numel]``
@@ -383,7 +377,6 @@ class NNProblem(Problem):
             return self._vmap_grad(X, Zb, yb, wb).to(self.dtype)
 
     def _autocast(self):
-        import contextlib
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)

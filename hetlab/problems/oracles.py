@@ -105,15 +105,12 @@ class MinibatchOracle(Oracle):
         counts = self._counts if idx is None else self._counts[idx.cpu()]
         b = self.batch_size
         u = torch.rand(steps, len(counts), b, generator=generator, dtype=torch.float64)
-        if self.replace:
-            top = counts[None, :, None]
-        else:
-            top = counts[None, :, None] - b + 1 + torch.arange(b)       # j + 1 for s = 0..b-1
         # floor(u * top) is uniform on {0..top-1}; the product can round up to top when u is within an ulp of 1
         if self.replace:
+            top = counts[None, :, None]
             return torch.minimum((u * top).long(), top - 1)
-        # position-major [b, rows] so that each position s is one contiguous row
-        top = top.expand(steps, -1, -1).reshape(-1, b).t()
+        # j + 1 for s = 0..b-1, position-major [b, steps * rows] so that each position s is one contiguous row
+        top = (counts[None, :, None] - b + 1 + torch.arange(b)).expand(steps, -1, -1).reshape(-1, b).t()
         J = top - 1
         T = torch.minimum((u.reshape(-1, b).t() * top).long(), J)
         for s in range(1, b):
